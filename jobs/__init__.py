@@ -1,0 +1,1 @@
+"""Entry points: the ``sprdiff`` console script and the job configs."""

@@ -1,0 +1,1 @@
+"""Ray Data jobs over object storage: encode corpora to Parquet archives and decode them back."""

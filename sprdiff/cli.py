@@ -1,0 +1,143 @@
+"""Single-file commands: ``sprdiff encode``, ``sprdiff decode``, ``sprdiff info``.
+
+The console script itself lives in ``jobs.cli`` (it adds the batch jobs); these
+functions register the codec's own subcommands and run them without Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import fsspec
+import torch
+
+from sprdiff import bitstream
+from sprdiff.errors import SPRDiffError
+from sprdiff.images import DEFAULT_MAX_PIXELS, encode_png, load_image
+
+DEFAULT_MODEL = "tiny"
+RECORD_SUFFIX = ".sprd"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"preset name (tiny, sd-turbo), model directory or URI (default: {DEFAULT_MODEL})")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def add_codec_commands(subparsers: argparse._SubParsersAction) -> None:
+    enc = subparsers.add_parser("encode", help="encode image files to .sprd records")
+    enc.add_argument("images", nargs="+", help="image files (local paths or fsspec URIs)")
+    enc.add_argument("-o", "--output", required=True, help="output directory")
+    enc.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                     help=f"reject larger images (default: {DEFAULT_MAX_PIXELS:,})")
+    add_model_arguments(enc)
+    enc.set_defaults(run=run_encode)
+
+    dec = subparsers.add_parser("decode", help="decode .sprd records to PNG files")
+    dec.add_argument("records", nargs="+", help=".sprd files")
+    dec.add_argument("-o", "--output", required=True, help="output directory")
+    add_model_arguments(dec)
+    dec.set_defaults(run=run_decode)
+
+    info = subparsers.add_parser("info", help="print a record's header as JSON")
+    info.add_argument("records", nargs="+", help=".sprd files")
+    info.add_argument("--model", default=None, help="also verify the record against this model")
+    info.add_argument("--device", default=None, help=argparse.SUPPRESS)
+    info.set_defaults(run=run_info)
+
+
+def _load_model(args: argparse.Namespace):
+    from sprdiff.model import SPRDiff
+
+    return SPRDiff.from_pretrained(args.model, device=args.device or default_device())
+
+
+def _unique_stems(paths: list[str]) -> list[str]:
+    stems = [Path(p.rstrip("/")).stem for p in paths]
+    seen: dict[str, str] = {}
+    for stem, path in zip(stems, paths):
+        if stem in seen:
+            raise SPRDiffError(f"{seen[stem]} and {path} would both be written as {stem}: rename one", status="usage")
+        seen[stem] = path
+    return stems
+
+
+def _each(items: list[str], work: Callable[[str, str], str], stems: list[str]) -> int:
+    """Run ``work`` per file; report failures one line each and keep going. Returns the exit status."""
+    failures = 0
+    for item, stem in zip(items, stems):
+        try:
+            print(work(item, stem))
+        except (SPRDiffError, OSError) as e:
+            failures += 1
+            print(f"sprdiff: error: {item}: {e}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    stems = _unique_stems(args.images)
+    model = _load_model(args)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def encode_one(path: str, stem: str) -> str:
+        with fsspec.open(path, "rb") as f:
+            pixels = load_image(f.read(), max_pixels=args.max_pixels)
+        [record] = model.compress([pixels])
+        (out / f"{stem}{RECORD_SUFFIX}").write_bytes(record)
+        bpp = 8 * len(record) / (pixels.shape[0] * pixels.shape[1])
+        return f"{path} -> {out / (stem + RECORD_SUFFIX)}: {pixels.shape[1]}x{pixels.shape[0]}, " \
+               f"{len(record)} bytes, {bpp:.4f} bpp"
+
+    return _each(args.images, encode_one, stems)
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    stems = _unique_stems(args.records)
+    model = _load_model(args)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def decode_one(path: str, stem: str) -> str:
+        with fsspec.open(path, "rb") as f:
+            record = f.read()
+        [pixels] = model.decompress([record])
+        (out / f"{stem}.png").write_bytes(encode_png(pixels))
+        return f"{path} -> {out / (stem + '.png')}: {pixels.shape[1]}x{pixels.shape[0]}"
+
+    return _each(args.records, decode_one, stems)
+
+
+def record_info(record: bytes) -> dict:
+    header, _ = bitstream.read_header(record)
+    return {
+        "format_version": header.version, "width": header.width, "height": header.height,
+        "rate_id": header.rate_id, "timestep": header.timestep, "padding": header.padding,
+        "fingerprint_tag": f"{header.fingerprint_tag:02x}", "num_bytes": len(record),
+        "bpp": 8 * len(record) / header.num_pixels,
+        "container_bytes": len(record) - sum(header.string_lengths),
+    }
+
+
+def run_info(args: argparse.Namespace) -> int:
+    model = _load_model(args) if args.model else None
+
+    def info_one(path: str, _stem: str) -> str:
+        with fsspec.open(path, "rb") as f:
+            record = f.read()
+        info = record_info(record)
+        if model is not None:
+            model.parse(record)  # raises on any mismatch
+            info.update(verified=True, model_id=model.model_id, model_fingerprint=model.fingerprint)
+        return json.dumps({"file": path, **info})
+
+    return _each(args.records, info_one, [str(i) for i in range(len(args.records))])

@@ -1,0 +1,112 @@
+"""Building, loading and saving SPRDiff models: one path for presets, directories and URIs.
+
+A saved model is a directory (local or object store) with ``config.json`` and
+``model.safetensors`` holding *every* weight, the pretrained components and the integer
+entropy-coding tables included, so decoding never depends on recomputing floats.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import fsspec
+import torch
+from safetensors.torch import load_file, save_file
+
+from sprdiff import components, storage
+from sprdiff.config import CONFIG_NAME, WEIGHTS_NAME, SPRDiffConfig
+from sprdiff.entropy import TABLE_BUFFERS
+from sprdiff.model import SPRDiff
+from sprdiff.presets import PRESETS
+
+
+def build(config: SPRDiffConfig, *, use_sources: bool, cache_dir: Path | None = None) -> SPRDiff:
+    """Assemble a model: pretrained parts from their sources (``use_sources``) or built from
+    their architecture configs; our modules random-initialised (from ``init_seed`` if set)."""
+    with torch.random.fork_rng(devices=[]):
+        if config.init_seed is not None:
+            torch.manual_seed(config.init_seed)
+
+        def pick(name: str, source: str | None, arch: dict):
+            if use_sources and source:
+                if name == "distortion":
+                    return components.load_distortion(source, arch, cache_dir)
+                return getattr(components, f"load_{name}")(source, cache_dir)
+            if not arch:
+                raise ValueError(f"config {config.model_id!r} has neither a {name}_source nor a {name}_config")
+            return getattr(components, f"build_{name}")(arch), arch
+
+        vae, vae_config = pick("vae", config.vae_source, config.vae_config)
+        unet, unet_config = pick("unet", config.unet_source, config.unet_config)
+        dino, dino_config = pick("dino", config.dino_source, config.dino_config)
+        distortion, distortion_config = pick("distortion", config.distortion_source, config.distortion_config)
+        config = config.replace(vae_config=vae_config, unet_config=unet_config, dino_config=dino_config,
+                                distortion_config=distortion_config)
+        components.add_lora(vae.encoder, config.lora_vae_rank, components.VAE_ENCODER_LORA_TARGETS,
+                            config.lora_init)
+        components.add_lora(unet, config.lora_unet_rank, components.UNET_LORA_TARGETS, config.lora_init)
+        model = SPRDiff(config, vae=vae, unet=unet, dino=dino, distortion=distortion)
+        if config.latent_init_gain != 1.0:
+            with torch.no_grad():
+                last = model.latent_encoder[-1]
+                last.weight.mul_(config.latent_init_gain)
+                last.bias.mul_(config.latent_init_gain)
+    model.entropy.update()
+    model.freeze_pretrained()
+    return model.eval()
+
+
+def from_pretrained(name_or_uri: str, *, cache_dir: Path | None = None,
+                    device: str | torch.device = "cpu") -> SPRDiff:
+    """A preset name (``tiny``, ``sd-turbo``), a local directory, or a URI (``s3://...``)."""
+    if name_or_uri in PRESETS:
+        config = PRESETS[name_or_uri]()
+        return build(config, use_sources=config.init_seed is None, cache_dir=cache_dir).to(device)
+    path = storage.local_path(name_or_uri)
+    if path is None and storage.is_remote_uri(name_or_uri):
+        path = storage.fetch(name_or_uri, cache_dir)
+    if path is None or not (path / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{name_or_uri!r} is not a preset ({', '.join(PRESETS)}) nor a directory with "
+                                f"{CONFIG_NAME} and {WEIGHTS_NAME}")
+    config = SPRDiffConfig.from_json((path / CONFIG_NAME).read_text())
+    model = build(config, use_sources=False)
+    load_weights(model, path / WEIGHTS_NAME)
+    return model.to(device)
+
+
+def load_weights(model: SPRDiff, weights: Path) -> None:
+    state = load_file(str(weights))
+    # Entropy tables have data-dependent shapes: size the buffers to the saved ones first.
+    for module_name, module in model.named_modules():
+        for buffer_name in TABLE_BUFFERS:
+            key = f"{module_name}.{buffer_name}" if module_name else buffer_name
+            if key in state and buffer_name in module._buffers:
+                module._buffers[buffer_name] = torch.empty_like(state[key])
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{weights} does not match the architecture in its config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    model.entropy.invalidate_tables()
+    model.invalidate_fingerprint()
+
+
+def save_pretrained(model: SPRDiff, destination: str | Path) -> None:
+    """Write ``config.json`` + ``model.safetensors`` to a local directory or an fsspec URI."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": "pt", "model_id": model.model_id, "fingerprint": model.fingerprint}
+    destination = str(destination)
+    if storage.is_remote_uri(destination):
+        with tempfile.TemporaryDirectory() as tmp:
+            _write(Path(tmp), model.config, state, metadata)
+            fs, root = fsspec.core.url_to_fs(destination)
+            for name in (CONFIG_NAME, WEIGHTS_NAME):
+                fs.put_file(str(Path(tmp) / name), f"{root.rstrip('/')}/{name}")
+    else:
+        _write(Path(destination), model.config, state, metadata)
+
+
+def _write(directory: Path, config: SPRDiffConfig, state: dict, metadata: dict) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(directory / WEIGHTS_NAME), metadata=metadata)
+    (directory / CONFIG_NAME).write_text(config.to_json() + "\n")

@@ -1,0 +1,257 @@
+"""SPRDiff: triple encoder, fusion, latent compressor, reconstruction, one-step diffusion decoder.
+
+Names follow the paper: E_vae, E_doe, E_soe (encoders), Ē (fused), E_l/D_l (latent
+compressor), T (transform block), D_doe (distortion decoder), x̄ (coarse image), P
+(projector), F_p/F_s (pixel/semantic conditions), ε_θ (UNet), D_vae (frozen VAE decoder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from compressai.layers import ResidualBlock, subpel_conv3x3
+from diffusers import DDPMScheduler
+from torch import nn
+
+from sprdiff import bitstream
+from sprdiff.config import SPRDiffConfig
+from sprdiff.entropy import SpaceChannelEntropyModel
+from sprdiff.fusion import Fusion
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
+
+
+@dataclass
+class EncodedImage:
+    """What the latent compressor produced for one image (before it became bytes)."""
+
+    string: bytes
+    y_hat: torch.Tensor  # (1, M, h, w)
+    width: int
+    height: int
+
+
+class SPRDiff(nn.Module):
+    """The codec. Build it with :meth:`from_pretrained` (see ``sprdiff.loading``)."""
+
+    def __init__(self, config: SPRDiffConfig, *, vae: nn.Module, unet: nn.Module, dino: nn.Module,
+                 distortion: nn.Module):
+        super().__init__()
+        self.config = config
+        c = config
+        latent_ch = vae.config.latent_channels
+        dino_dim = dino.config.hidden_size
+        # -- encoder side
+        self.vae = vae  # E_vae (LoRA on vae.encoder) and D_vae (vae.decoder, frozen)
+        self.distortion = distortion  # E_doe = g_a, D_doe = g_s of a pretrained MSE codec (frozen)
+        self.dino = dino  # E_soe, used on x at the encoder and on x̄ at the decoder (frozen)
+        self.fusion = Fusion(latent_ch, distortion.channels, dino_dim, c.fusion_channels, c.fusion_blocks)
+        self.latent_encoder = nn.Sequential(  # E_l: Ē -> Y, on the H/16 grid
+            conv3x3(c.fusion_channels, c.transform_channels), ResidualBlock(c.transform_channels, c.transform_channels),
+            conv3x3(c.transform_channels, c.latent_channels))
+        self.entropy = SpaceChannelEntropyModel(c.latent_channels, c.entropy_groups, c.hyper_channels)
+        # -- decoder side
+        self.latent_decoder = nn.Sequential(  # D_l: Ŷ -> Ê in the SD latent space (H/8, 4 ch)
+            conv3x3(c.latent_channels, c.transform_channels), ResidualBlock(c.transform_channels, c.transform_channels),
+            subpel_conv3x3(c.transform_channels, latent_ch, 2))
+        self.transform = nn.Sequential(  # T: Ŷ -> input space of D_doe
+            conv3x3(c.latent_channels, c.transform_channels), ResidualBlock(c.transform_channels, c.transform_channels),
+            conv3x3(c.transform_channels, distortion.channels))
+        self.projector = nn.Sequential(  # P: x̄ -> F_p on the latent grid
+            conv3x3(3, c.projector_channels, 2), nn.GELU(), conv3x3(c.projector_channels, c.projector_channels, 2),
+            nn.GELU(), conv3x3(c.projector_channels, latent_ch, 2))
+        self.semantic_projection = nn.Linear(dino_dim, unet.config.cross_attention_dim)  # F_s -> cross-attn width
+        self.unet = unet  # ε_θ with LoRA
+        alphas = DDPMScheduler(**c.scheduler_config).alphas_cumprod
+        self.register_buffer("alpha_bar", alphas[c.timestep].clone().float(), persistent=False)
+        self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self._fingerprint: bytes | None = None
+
+    # ---- loading and saving (sprdiff.loading)
+
+    @classmethod
+    def from_pretrained(cls, name_or_uri: str, **kwargs) -> SPRDiff:
+        """A preset name (``tiny``, ``sd-turbo``), a local directory or a URI; see ``sprdiff.loading``."""
+        from sprdiff.loading import from_pretrained
+
+        return from_pretrained(name_or_uri, **kwargs)
+
+    def save_pretrained(self, destination: str) -> None:
+        from sprdiff.loading import save_pretrained
+
+        save_pretrained(self, destination)
+
+    # ---- identity
+
+    @property
+    def model_id(self) -> str:
+        return self.config.model_id
+
+    @property
+    def fingerprint_bytes(self) -> bytes:
+        """SHA-256 of the config and every weight; records carry it (1-byte tag + keyed CRC)."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(self.config.to_json().encode())
+            for name, tensor in sorted(self.state_dict().items()):
+                t = tensor.detach().cpu().contiguous()
+                h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            self._fingerprint = h.digest()
+        return self._fingerprint
+
+    @property
+    def fingerprint(self) -> str:
+        return self.fingerprint_bytes.hex()
+
+    def invalidate_fingerprint(self) -> None:
+        """Call after changing weights (training, export) so the next record uses the new one."""
+        self._fingerprint = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.alpha_bar.device
+
+    # ---- the two halves of the model, on padded float images in [0, 1]
+
+    def semantic_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """DINOv2 tokens (B, 1 + h*w, D) of x (B, 3, H, W), resized so its long side is
+        ``semantic_resolution`` (sides multiples of the patch size), and the token grid (h, w)."""
+        patch = self.dino.config.patch_size
+        scale = self.config.semantic_resolution / max(x.shape[-2:])
+        grid = tuple(max(1, round(s * scale / patch)) for s in x.shape[-2:])
+        x = F.interpolate(x, size=(grid[0] * patch, grid[1] * patch), mode="bilinear", align_corners=False,
+                          antialias=True)
+        return self.dino(pixel_values=(x - self.image_mean) / self.image_std).last_hidden_state, grid
+
+    def semantic_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens of x reshaped to a map (B, D, h, w) (the CLS token is dropped)."""
+        tokens, (h, w) = self.semantic_tokens(x)
+        return tokens[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, h, w)
+
+    def analysis(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, H, W) in [0, 1], sides multiples of ``pad_multiple`` -> Y (B, M, H/16, W/16)."""
+        e_vae = self.vae.encode(x * 2 - 1).latent_dist.mean * self.vae.config.scaling_factor
+        e_doe = self.distortion.g_a(x)
+        e_soe = self.semantic_map(x)
+        return self.latent_encoder(self.fusion(e_vae, e_doe, e_soe))
+
+    def synthesis(self, y_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ŷ (B, M, H/16, W/16) -> (x̂, x̄), both (B, 3, H, W) in [0, 1]."""
+        e_hat = self.latent_decoder(y_hat)  # Ê
+        x_bar = self.distortion.g_s(self.transform(y_hat)).clamp(0, 1)  # x̄ = D_doe(T(Ŷ))
+        f_p = self.projector(x_bar * 2 - 1)
+        f_s = self.semantic_projection(self.semantic_tokens(x_bar)[0])
+        z_t = e_hat + f_p
+        t = torch.full((z_t.shape[0],), self.config.timestep, device=z_t.device, dtype=torch.long)
+        eps = self.unet(z_t, t, encoder_hidden_states=f_s).sample
+        z_0 = (z_t - (1 - self.alpha_bar).sqrt() * eps) / self.alpha_bar.sqrt()
+        x_hat = self.vae.decode(z_0 / self.vae.config.scaling_factor).sample
+        return ((x_hat + 1) / 2).clamp(0, 1), x_bar
+
+    def forward(self, x: torch.Tensor) -> dict:
+        """Training pass: ``{"x_hat", "x_bar", "likelihoods": {"y", "z"}, "y_hat"}``."""
+        y = self.analysis(x)
+        coded = self.entropy(y)
+        x_hat, x_bar = self.synthesis(coded["y_hat"])
+        return {"x_hat": x_hat, "x_bar": x_bar, "likelihoods": coded["likelihoods"], "y_hat": coded["y_hat"]}
+
+    # ---- images <-> bytes
+
+    def _pad(self, image: np.ndarray) -> torch.Tensor:
+        check_image_array(image)
+        h, w = image.shape[:2]
+        m = self.config.pad_multiple
+        ph, pw = -h % m, -w % m
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+        if ph or pw:  # replicate padding (record's padding mode), cropped away after decoding
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        return x
+
+    @torch.no_grad()
+    def encode_image(self, image: np.ndarray) -> EncodedImage:
+        x = self._pad(image)
+        string, y_hat = self.entropy.compress(self.analysis(x))
+        return EncodedImage(string=string, y_hat=y_hat, width=image.shape[1], height=image.shape[0])
+
+    @torch.no_grad()
+    def compress(self, images: list[np.ndarray]) -> list[bytes]:
+        """(H, W, 3) uint8 arrays of any sizes -> one record each.
+
+        Each image goes through the encoder alone, so its bytes never depend on the other
+        images in the call (batched float kernels may differ in the last bit).
+        """
+        records = []
+        for image in images:
+            enc = self.encode_image(image)
+            header = bitstream.RecordHeader(width=enc.width, height=enc.height, timestep=self.config.timestep,
+                                            rate_id=self.config.rate_id, fingerprint_tag=0)
+            records.append(bitstream.pack(header, [enc.string], self.fingerprint_bytes))
+        return records
+
+    def parse(self, record: bytes) -> tuple[bitstream.RecordHeader, bytes]:
+        """Verify one record for this model; raises :class:`BitstreamError` on any problem."""
+        header, strings = bitstream.unpack(record, self.fingerprint_bytes, num_strings=1)
+        if header.timestep != self.config.timestep:
+            raise bitstream.BitstreamError(f"record was coded for timestep {header.timestep}, this model uses "
+                                           f"{self.config.timestep}", status="model_mismatch")
+        return header, strings[0]
+
+    @torch.no_grad()
+    def decode_latents(self, record: bytes) -> tuple[bitstream.RecordHeader, torch.Tensor]:
+        header, string = self.parse(record)
+        m = self.config.pad_multiple
+        y_shape = (-(-header.height // m) * m // 16, -(-header.width // m) * m // 16)
+        return header, self.entropy.decompress(string, y_shape, self.device)
+
+    @torch.no_grad()
+    def decompress(self, records: list[bytes], batch_size: int = 4) -> list[np.ndarray]:
+        """Records -> (H, W, 3) uint8 arrays at their original sizes.
+
+        Every record is verified before any decoding; images of the same padded size are
+        synthesised together, ``batch_size`` at a time.
+        """
+        decoded = [self.decode_latents(r) for r in records]
+        out: list[np.ndarray | None] = [None] * len(records)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, (_, y_hat) in enumerate(decoded):
+            by_shape.setdefault(tuple(y_hat.shape), []).append(i)
+        for indexes in by_shape.values():
+            for start in range(0, len(indexes), batch_size):
+                chunk = indexes[start:start + batch_size]
+                x_hat, _ = self.synthesis(torch.cat([decoded[i][1] for i in chunk]))
+                pixels = (x_hat * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                for i, p in zip(chunk, pixels, strict=True):
+                    h, w = decoded[i][0].height, decoded[i][0].width
+                    out[i] = np.ascontiguousarray(p[:h, :w])
+        return out  # type: ignore[return-value]
+
+    # ---- training helpers
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def freeze_pretrained(self) -> None:
+        """Freeze what the paper freezes: VAE (but its encoder LoRA), UNet base, DINOv2, g_a/g_s."""
+        for name, p in self.named_parameters():
+            pretrained = name.startswith(("vae.", "unet.", "dino.", "distortion."))
+            p.requires_grad_(not pretrained or "lora_" in name)
+
+
+def check_image_array(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise TypeError(f"images must be (H, W, 3) uint8 arrays, got {desc}; use sprdiff.images.load_image "
+                        f"to convert files")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image has no pixels: {image.shape}")
+

@@ -1,0 +1,73 @@
+"""Named presets: a config plus where its weights come from.
+
+* ``tiny``: every component at toy width, random-initialised from a fixed seed (tests, CI).
+* ``sd-turbo``: the paper's sizes; pretrained components come from the sources in its
+  config (hub ids by default; point them at local dirs or ``s3://`` copies with
+  :func:`sd_turbo_config`). Its architecture configs live in ``presets/sd_turbo.json`` so
+  the full-size model can be built with random weights without any download.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sprdiff.config import SPRDiffConfig
+
+_HERE = Path(__file__).parent / "preset_configs"
+
+
+def tiny_config() -> SPRDiffConfig:
+    return SPRDiffConfig(
+        model_id="sprdiff-tiny",
+        vae_config={
+            "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1,
+            "block_out_channels": [8, 16, 16, 16], "norm_num_groups": 4, "sample_size": 64,
+            "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+            "scaling_factor": 0.18215,
+        },
+        unet_config={
+            "sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
+            "block_out_channels": [16, 32], "norm_num_groups": 8, "cross_attention_dim": 32,
+            "attention_head_dim": 8, "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        },
+        dino_config={
+            "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "mlp_ratio": 2,
+            "patch_size": 14, "image_size": 112,
+        },
+        distortion_config={"arch": "cheng2020-anchor", "N": 16},
+        fusion_channels=32,
+        fusion_blocks=1,
+        latent_channels=32,
+        entropy_groups=(4, 4, 8, 16),
+        hyper_channels=16,
+        transform_channels=32,
+        projector_channels=16,
+        semantic_resolution=112,
+        lora_init="random",
+        latent_init_gain=6.0,
+        timestep=999,
+        init_seed=20260601,
+    )
+
+
+def sd_turbo_config(vae_source: str = "stabilityai/sd-turbo#vae", unet_source: str = "stabilityai/sd-turbo#unet",
+                    dino_source: str = "facebook/dinov2-large",
+                    distortion_source: str = "compressai-zoo:cheng2020-anchor/3") -> SPRDiffConfig:
+    """The paper's model. Sources: local dir, ``s3://`` URI or hub id, ``#subfolder`` optional."""
+    arch = json.loads((_HERE / "sd_turbo.json").read_text())
+    arch.pop("_comment")
+    return SPRDiffConfig(
+        model_id="sprdiff-sd-turbo",
+        vae_config=arch["vae"], unet_config=arch["unet"], dino_config=arch["dino"],
+        distortion_config=arch["distortion"],
+        vae_source=vae_source, unet_source=unet_source, dino_source=dino_source,
+        distortion_source=distortion_source,
+        fusion_channels=192, fusion_blocks=2, latent_channels=320, entropy_groups=(16, 16, 32, 64, 192),
+        hyper_channels=192, transform_channels=192, projector_channels=64, semantic_resolution=448,
+        lora_init="zero", timestep=999,
+    )
+
+
+PRESETS = {"tiny": tiny_config, "sd-turbo": sd_turbo_config}

@@ -1,0 +1,71 @@
+"""Where weights live: local directories, object-store URIs (any fsspec protocol) or hub ids."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import fsspec
+
+DEFAULT_CACHE = Path.home() / ".cache" / "sprdiff"
+
+
+def split_source(source: str) -> tuple[str, str | None]:
+    """``"location#subfolder"`` -> ``("location", "subfolder")``."""
+    location, _, subfolder = source.partition("#")
+    return location, (subfolder or None)
+
+
+def is_remote_uri(location: str) -> bool:
+    scheme = urlparse(location).scheme
+    return len(scheme) > 1 and scheme != "file"  # one letter: a Windows drive
+
+
+def local_path(location: str) -> Path | None:
+    """A local path for ``location`` if it names one (plain path or ``file://``), else None."""
+    if location.startswith("file://"):
+        return Path(urlparse(location).path)
+    if is_remote_uri(location):
+        return None
+    path = Path(location).expanduser()
+    return path if path.exists() else None
+
+
+def fetch(location: str, cache_dir: Path | None = None) -> Path:
+    """Copy an object-store prefix (``s3://bucket/model``) into a local cache and return it.
+
+    The cache key is the URI, so a second call reuses the copy; a partial copy from an
+    interrupted call is never reused (it is written under a temporary name first).
+    """
+    cache_dir = Path(cache_dir or DEFAULT_CACHE)
+    target = cache_dir / hashlib.sha256(location.encode()).hexdigest()[:24]
+    if target.exists():
+        return target
+    fs, root = fsspec.core.url_to_fs(location)
+    if not fs.exists(root):
+        raise FileNotFoundError(f"nothing at {location}")
+    tmp = target.with_name(target.name + f".part{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    if fs.isdir(root):
+        for remote in fs.find(root):
+            rel = remote[len(root.rstrip("/")) + 1:]
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(remote, str(dest))
+    else:
+        fs.get_file(root, str(tmp / Path(root).name))
+    os.replace(tmp, target)
+    return target
+
+
+def resolve(source: str, cache_dir: Path | None = None) -> tuple[str, str | None]:
+    """Turn a source into something ``from_pretrained`` takes: a local dir or a hub id (+subfolder)."""
+    location, subfolder = split_source(source)
+    path = local_path(location)
+    if path is not None:
+        return str(path), subfolder
+    if is_remote_uri(location):
+        return str(fetch(location, cache_dir)), subfolder
+    return location, subfolder  # a hub id: the library resolves it (and its cache)
