@@ -157,6 +157,9 @@ class SpaceChannelEntropyModel(nn.Module):
             raise ValueError(f"compress takes one latent of shape (1, M, h, w), got {tuple(y.shape)}")
         if y.shape[2] % 4 or y.shape[3] % 4:
             raise ValueError(f"latent sides must be multiples of 4, got {tuple(y.shape[2:])}")
+        # Same memory layout as the decoder's tensors: channels-last inputs pick other kernels,
+        # whose last-bit differences would shift the means the decoder recomputes.
+        y = y.contiguous()
         encoder = BufferedRansEncoder()
         z = self.codec["hyper"].h_a(y)
         y_split = y.split(self.groups, dim=1)

@@ -32,7 +32,7 @@ class GatedCNN(nn.Module):
         self.block = GatedConvBlock(channels, norm_layer=LayerNorm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.block(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
 
 
 class Fusion(nn.Module):

@@ -214,11 +214,13 @@ class SPRDiff(nn.Module):
         return header, self.entropy.decompress(string, y_shape, self.device)
 
     @torch.no_grad()
-    def decompress(self, records: list[bytes], batch_size: int = 4) -> list[np.ndarray]:
+    def decompress(self, records: list[bytes], batch_size: int = 1) -> list[np.ndarray]:
         """Records -> (H, W, 3) uint8 arrays at their original sizes.
 
-        Every record is verified before any decoding; images of the same padded size are
-        synthesised together, ``batch_size`` at a time.
+        Every record is verified before any decoding. With the default ``batch_size=1``
+        each image is synthesised alone, so its pixels never depend on the other records
+        in the call. ``batch_size > 1`` synthesises same-size images together (faster on a
+        GPU), but batched float kernels may then move a few pixels by one level.
         """
         decoded = [self.decode_latents(r) for r in records]
         out: list[np.ndarray | None] = [None] * len(records)

@@ -1,0 +1,121 @@
+"""The record format: layout, overhead, and one clear error per kind of damage."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from sprdiff import bitstream
+from sprdiff.bitstream import RecordHeader, encode_varint, pack, read_header, unpack
+from sprdiff.errors import BitstreamError
+
+FP = hashlib.sha256(b"model-a").digest()
+OTHER_FP = hashlib.sha256(b"model-b").digest()
+assert FP[0] != OTHER_FP[0]
+
+
+def _record(width=512, height=512, strings=(b"\x01" * 1000,), timestep=999, rate_id=3, fp=FP) -> bytes:
+    header = RecordHeader(width=width, height=height, timestep=timestep, rate_id=rate_id, fingerprint_tag=0)
+    return pack(header, list(strings), fp)
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 16383, 16384, 2**32 - 1])
+def test_varint_round_trip(value):
+    data = encode_varint(value) + b"tail"
+    parsed, pos = bitstream._read_varint(data, 0, "x")
+    assert parsed == value and data[pos:] == b"tail"
+
+
+def test_pack_unpack_round_trip():
+    strings = [b"abc", b"", b"\x00" * 300]
+    rec = _record(width=37, height=1, strings=strings, timestep=5, rate_id=15)
+    header, out = unpack(rec, FP, num_strings=3)
+    assert out == strings
+    assert (header.width, header.height, header.timestep, header.rate_id) == (37, 1, 5, 15)
+    assert header.fingerprint_tag == FP[0] and header.version == bitstream.FORMAT_VERSION
+
+
+def test_container_overhead_is_at_most_16_bytes_for_512px():
+    rec = _record()
+    overhead = bitstream.container_overhead(rec)
+    print(f"container overhead for a 512x512 record with one 1000-byte string: {overhead} bytes")
+    assert overhead == len(rec) - 1000 <= 16
+
+
+def test_header_is_readable_without_the_model():
+    header, offset = read_header(_record(width=640, height=480))
+    assert (header.width, header.height, header.rate_id, header.timestep) == (640, 480, 3, 999)
+    assert header.string_lengths == (1000,)
+
+
+def test_every_flipped_byte_is_refused():
+    rec = _record(strings=(bytes(range(256)),))
+    for i in range(len(rec)):
+        for bit in (0, 7):
+            damaged = bytearray(rec)
+            damaged[i] ^= 1 << bit
+            with pytest.raises(BitstreamError):
+                unpack(bytes(damaged), FP, num_strings=1)
+
+
+def test_flipped_payload_byte_says_corrupt():
+    rec = bytearray(_record())
+    rec[20] ^= 0x10
+    with pytest.raises(BitstreamError, match="corrupt") as e:
+        unpack(bytes(rec), FP, num_strings=1)
+    assert e.value.status == "corrupt"
+
+
+def test_every_truncation_is_refused_and_payload_cuts_say_truncated():
+    rec = _record()
+    for n in range(len(rec)):
+        with pytest.raises(BitstreamError) as e:
+            unpack(rec[:n], FP, num_strings=1)
+        if n > 16:  # past the header: the declared length tells truncation from corruption
+            assert e.value.status == "truncated", (n, str(e.value))
+            assert "truncated" in str(e.value)
+
+
+def test_trailing_bytes_are_refused():
+    with pytest.raises(BitstreamError, match="trailing"):
+        unpack(_record() + b"\x00", FP, num_strings=1)
+
+
+def test_other_model_is_refused_by_name():
+    with pytest.raises(BitstreamError, match="different model") as e:
+        unpack(_record(fp=OTHER_FP), FP, num_strings=1)
+    assert e.value.status == "model_mismatch"
+
+
+def test_tag_collision_is_still_caught_by_the_keyed_crc():
+    colliding = next(hashlib.sha256(str(i).encode()).digest() for i in range(10_000)
+                     if hashlib.sha256(str(i).encode()).digest()[0] == FP[0]
+                     and hashlib.sha256(str(i).encode()).digest() != FP)
+    with pytest.raises(BitstreamError, match="checksum"):
+        unpack(_record(fp=colliding), FP, num_strings=1)
+
+
+def test_future_version_says_upgrade():
+    rec = bytearray(_record())
+    rec[1] = bitstream.FORMAT_VERSION + 1
+    with pytest.raises(BitstreamError, match="future format version") as e:
+        unpack(bytes(rec), FP, num_strings=1)
+    assert e.value.status == "future_version" and "upgrade" in str(e.value)
+
+
+def test_not_a_record():
+    with pytest.raises(BitstreamError, match="not an SPRDiff record") as e:
+        unpack(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, FP, num_strings=1)
+    assert e.value.status == "not_sprdiff"
+    with pytest.raises(BitstreamError, match="empty"):
+        unpack(b"", FP, num_strings=1)
+
+
+def test_programmer_errors_are_not_bitstream_errors():
+    with pytest.raises(ValueError, match="32-byte"):
+        unpack(_record(), b"short", num_strings=1)
+    with pytest.raises(ValueError, match="rate_id"):
+        _record(rate_id=16)
+    with pytest.raises(TypeError):
+        read_header("not bytes")  # type: ignore[arg-type]
