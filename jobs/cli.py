@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
-from sprdiff.cli import add_codec_commands
-from sprdiff.errors import SPRDiffError
+# Library deprecation chatter (torch.jit in CompressAI, ...) is not for the CLI's users:
+# errors must stay one line. Filter before the heavy imports below emit it.
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+from sprdiff.cli import add_codec_commands  # noqa: E402
+from sprdiff.errors import SPRDiffError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sprdiff", description="SPRDiff ultra-low-bitrate image codec")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_codec_commands(subparsers)
+    from jobs.batch_commands import add_batch_commands
+    add_batch_commands(subparsers)
+    from jobs.eval_commands import add_eval_commands
+    add_eval_commands(subparsers)
+    from jobs.train_commands import add_train_commands
+    add_train_commands(subparsers)
     return parser
 
 

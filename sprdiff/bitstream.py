@@ -86,7 +86,8 @@ def _read_varint(buf: bytes, pos: int, field: str) -> tuple[int, int]:
         value |= (byte & 0x7F) << (7 * i)
         if not byte & 0x80:
             return value, pos + i + 1
-    raise BitstreamError(f"corrupt record: the {field} varint is longer than {_MAX_VARINT_BYTES} bytes", status="corrupt")
+    raise BitstreamError(f"corrupt record: the {field} varint is longer than {_MAX_VARINT_BYTES} bytes",
+                         status="corrupt")
 
 
 def _crc(fingerprint: bytes, body: bytes) -> int:

@@ -36,6 +36,7 @@ class SPRDiffConfig:
     latent_channels: int = 320  # channels of Y
     entropy_groups: tuple[int, ...] = (16, 16, 32, 64, 192)  # uneven ELIC groups, sum = latent_channels
     hyper_channels: int = 192
+    exact_entropy: bool = True  # entropy parameters in exact integer arithmetic (decodable on any device)
     transform_channels: int = 192  # width of T and D_l
     projector_channels: int = 64  # width of P
     semantic_resolution: int = 448  # long side (px) of the DINOv2 input

@@ -32,6 +32,8 @@ from compressai.models.google import get_scale_table  # 64 log-spaced scales in 
 from compressai.models.utils import conv, deconv
 from torch import nn
 
+from sprdiff.exact import ExactNetwork, to_grid
+
 # Buffers whose shape depends on update(); resized before loading a state dict.
 TABLE_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 
@@ -39,8 +41,9 @@ SymbolCoder = Callable[[torch.Tensor, EntropyModel, torch.Tensor | None], torch.
 
 
 class SpaceChannelEntropyModel(nn.Module):
-    def __init__(self, latent_channels: int, groups: tuple[int, ...], hyper_channels: int):
+    def __init__(self, latent_channels: int, groups: tuple[int, ...], hyper_channels: int, exact: bool = True):
         super().__init__()
+        self.exact = exact  # evaluate the parameter networks in exact integer arithmetic (sprdiff.exact)
         m, n = latent_channels, hyper_channels
         self.groups = tuple(groups)
         h_a = nn.Sequential(conv(m, n, kernel_size=3, stride=1), nn.ReLU(),
@@ -72,6 +75,7 @@ class SpaceChannelEntropyModel(nn.Module):
             "hyper": HyperLatentCodec(EntropyBottleneck(n), h_a, h_s, quantizer="ste"),
         })
         self._tables: dict[int, tuple[list, list, list]] = {}
+        self._exact_nets: dict[int, ExactNetwork] = {}
         # CompressAI's masked convs zero their masked weights in place on every forward;
         # do it once now so the weights (and the model fingerprint) never change at run time.
         with torch.no_grad():
@@ -101,8 +105,18 @@ class SpaceChannelEntropyModel(nn.Module):
         self.invalidate_tables()
 
     def invalidate_tables(self) -> None:
-        """Drop the cached Python copies of the CDF tables (after update() or loading weights)."""
+        """Drop cached CDF tables and integer networks (after update(), training or loading weights)."""
         self._tables.clear()
+        self._exact_nets.clear()
+
+    def _net(self, module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The module itself (float path) or its exact integer copy."""
+        if not self.exact:
+            return module
+        key = id(module)
+        if key not in self._exact_nets:
+            self._exact_nets[key] = ExactNetwork(module)
+        return self._exact_nets[key]
 
     def _table(self, model: EntropyModel) -> tuple[list, list, list]:
         key = id(model)
@@ -125,30 +139,34 @@ class SpaceChannelEntropyModel(nn.Module):
         eb = hyper.entropy_bottleneck
         z_size = (1, eb.channels, *z_shape)
         medians = eb._get_medians().detach().reshape(1, -1, 1, 1)
+        if self.exact:
+            medians = to_grid(medians)
         z_symbols = code_z(eb._build_indexes(z_size).to(device), eb, medians)
-        side = hyper.h_s(eb.dequantize(z_symbols, medians))
+        side = self._net(hyper.h_s)(eb.dequantize(z_symbols, medians))
 
         groups_codec = self.codec["y"]
         y_hat = side.new_zeros((1, sum(self.groups), *y_shape))
         y_hat_groups = y_hat.split(self.groups, dim=1)
         for k, g in enumerate(self.groups):
-            params = groups_codec._get_ctx_params(k, side, y_hat_groups)
+            params = side
+            if k > 0:  # channel context from the groups decoded so far
+                ctx = self._net(groups_codec.channel_context[f"y{k}"])(torch.cat(y_hat_groups[:k], dim=1))
+                params = torch.cat([ctx, side], dim=1)
             board: CheckerboardLatentCodec = groups_codec[f"y{k}"]
             gaussian_codec = board.latent_codec["y"]
             halves = params.new_zeros((2, 1, g, y_shape[0], y_shape[1] // 2))
             params_halves = board.unembed(params)
             for step in range(2):  # 0: anchors (no spatial context), 1: non-anchors
-                ctx = board.unembed(board.context_prediction(board.embed(halves)))[step]
+                ctx = board.unembed(self._net(board.context_prediction)(board.embed(halves)))[step]
                 if step == 0:
                     ctx = torch.zeros_like(ctx)
-                gaussian_params = gaussian_codec.entropy_parameters(
-                    board.entropy_parameters(board.merge(ctx, params_halves[step])))
-                scales, means = gaussian_codec._chunk(gaussian_params)
+                aggregate = self._net(board.entropy_parameters)(board.merge(ctx, params_halves[step]))
+                scales, means = gaussian_codec._chunk(self._net(gaussian_codec.entropy_parameters)(aggregate))
                 gc = gaussian_codec.gaussian_conditional
                 symbols = code_y(k, step, gc.build_indexes(scales), gc, means)
                 halves[step] = gc.dequantize(symbols, means)
             y_hat_groups[k][:] = board.embed(halves)
-        return y_hat
+        return y_hat.float()
 
     @torch.no_grad()
     def compress(self, y: torch.Tensor) -> tuple[bytes, torch.Tensor]:

@@ -58,7 +58,8 @@ class SPRDiff(nn.Module):
         self.latent_encoder = nn.Sequential(  # E_l: Ē -> Y, on the H/16 grid
             conv3x3(c.fusion_channels, c.transform_channels), ResidualBlock(c.transform_channels, c.transform_channels),
             conv3x3(c.transform_channels, c.latent_channels))
-        self.entropy = SpaceChannelEntropyModel(c.latent_channels, c.entropy_groups, c.hyper_channels)
+        self.entropy = SpaceChannelEntropyModel(c.latent_channels, c.entropy_groups, c.hyper_channels,
+                                                exact=c.exact_entropy)
         # -- decoder side
         self.latent_decoder = nn.Sequential(  # D_l: Ŷ -> Ê in the SD latent space (H/8, 4 ch)
             conv3x3(c.latent_channels, c.transform_channels), ResidualBlock(c.transform_channels, c.transform_channels),
@@ -172,7 +173,7 @@ class SPRDiff(nn.Module):
         h, w = image.shape[:2]
         m = self.config.pad_multiple
         ph, pw = -h % m, -w % m
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+        x = torch.tensor(image, device=self.device).permute(2, 0, 1)[None].float() / 255.0
         if ph or pw:  # replicate padding (record's padding mode), cropped away after decoding
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
         return x

@@ -46,7 +46,7 @@ def tiny_config() -> SPRDiffConfig:
         projector_channels=16,
         semantic_resolution=112,
         lora_init="random",
-        latent_init_gain=6.0,
+        latent_init_gain=2.0,
         timestep=999,
         init_seed=20260601,
     )

@@ -17,6 +17,7 @@ Features are accumulated image by image, so memory holds 8 KB per patch, not the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,8 @@ class InceptionFeatures:
 class PatchFID:
     """Accumulates patch features of the originals and of each method, then gives FID/KID per method."""
 
-    def __init__(self, features: InceptionFeatures, patch: int):
+    def __init__(self, features: Callable[[np.ndarray], torch.Tensor], patch: int):
+        """``features``: (N, h, w, 3) uint8 patches -> (N, D) features, normally :class:`InceptionFeatures`."""
         self.features = features
         self.patch = patch
         self._reference: dict[str, torch.Tensor] = {}  # image key -> features of the original's patches

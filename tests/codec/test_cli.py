@@ -1,0 +1,84 @@
+"""The single-file CLI, run as users run it: the installed ``sprdiff`` console script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SPRDIFF = shutil.which("sprdiff", path=str(Path(sys.executable).parent))
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    assert SPRDIFF, "the sprdiff console script is not installed in this environment (bash scripts/setup.sh)"
+    return subprocess.run([SPRDIFF, *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, sample_images) -> Path:
+    d = tmp_path_factory.mktemp("imgs")
+    Image.fromarray(sample_images["coffee"][:80, :120]).save(d / "coffee.png")
+    Image.fromarray(sample_images["chelsea"][:64, :48]).convert("L").save(d / "gray.png")
+    return d
+
+
+def test_encode_info_decode(images, tmp_path, tiny_model):
+    r = run("encode", str(images / "coffee.png"), str(images / "gray.png"), "-o", str(tmp_path / "enc"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == ["coffee.sprd", "gray.sprd"]
+    assert "bpp" in r.stdout
+
+    r = run("info", str(tmp_path / "enc" / "coffee.sprd"))
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    size = (tmp_path / "enc" / "coffee.sprd").stat().st_size
+    assert (info["width"], info["height"], info["num_bytes"]) == (120, 80, size)
+    assert info["bpp"] == 8 * size / (120 * 80)
+    assert info["fingerprint_tag"] == tiny_model.fingerprint[:2]
+
+    r = run("info", str(tmp_path / "enc" / "coffee.sprd"), "--model", "tiny")
+    assert json.loads(r.stdout)["model_fingerprint"] == tiny_model.fingerprint
+
+    r = run("decode", str(tmp_path / "enc" / "coffee.sprd"), str(tmp_path / "enc" / "gray.sprd"),
+            "-o", str(tmp_path / "dec"))
+    assert r.returncode == 0, r.stderr
+    assert np.asarray(Image.open(tmp_path / "dec" / "coffee.png")).shape == (80, 120, 3)
+    assert np.asarray(Image.open(tmp_path / "dec" / "gray.png")).shape == (64, 48, 3)
+    # The CLI's bytes are the library's bytes.
+    pixels = np.asarray(Image.open(images / "coffee.png").convert("RGB"))
+    assert (tmp_path / "enc" / "coffee.sprd").read_bytes() == tiny_model.compress([pixels])[0]
+
+
+def test_errors_are_one_line_and_non_zero(images, tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    r = run("encode", str(tmp_path / "bad.png"), str(images / "coffee.png"), "-o", str(tmp_path / "enc"))
+    assert r.returncode == 1
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("sprdiff: error:")] == \
+        [f"sprdiff: error: {tmp_path / 'bad.png'}: not an image: no decoder recognises the bytes"]
+    assert (tmp_path / "enc" / "coffee.sprd").exists()  # the good input was still encoded
+
+    rec = (tmp_path / "enc" / "coffee.sprd").read_bytes()
+    (tmp_path / "cut.sprd").write_bytes(rec[:-5])
+    r = run("decode", str(tmp_path / "cut.sprd"), "-o", str(tmp_path / "dec"))
+    assert r.returncode == 1 and "truncated" in r.stderr
+
+    r = run("decode", str(tmp_path / "missing.sprd"), "-o", str(tmp_path / "dec"))
+    assert r.returncode == 1 and "missing.sprd" in r.stderr
+
+    r = run("encode", str(images / "coffee.png"), "-o", str(tmp_path / "x"), "--model", "/no/such/model")
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "not a preset" in r.stderr
+
+
+def test_stem_collisions_are_refused_before_writing(images, tmp_path):
+    other = tmp_path / "sub"
+    other.mkdir()
+    shutil.copy(images / "coffee.png", other / "coffee.png")
+    r = run("encode", str(images / "coffee.png"), str(other / "coffee.png"), "-o", str(tmp_path / "enc"))
+    assert r.returncode == 1 and "rename one" in r.stderr
+    assert not (tmp_path / "enc").exists()
