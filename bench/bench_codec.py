@@ -58,6 +58,29 @@ def bench_tiny(repeats: int) -> None:
               f"{100 * written_bits / est_bits:>13.2f}")
 
 
+def bench_exact_path(repeats: int) -> None:
+    """Rate and speed cost of the exact integer entropy-parameter path vs the float path."""
+    model = SPRDiff.from_pretrained("tiny")
+    print("== exact integer entropy path vs float path (tiny; entropy coding + parameter networks only)")
+    print(f"{'image':<10} {'exact bytes':>11} {'float bytes':>11} {'rate cost %':>11} {'exact ms':>9} "
+          f"{'float ms':>9} {'exact dec ms':>12} {'float dec ms':>12}")
+    for name, img in {"astronaut": data.astronaut(), "coffee": data.coffee()}.items():
+        with torch.no_grad():
+            y = model.analysis(model._pad(img))
+        row = {}
+        for exact in (True, False):
+            model.entropy.exact = exact
+            model.entropy.invalidate_tables()
+            string, _ = model.entropy.compress(y)
+            enc = timed(lambda: model.entropy.compress(y), repeats)
+            dec = timed(lambda string=string: model.entropy.decompress(string, tuple(y.shape[2:])), repeats)
+            row[exact] = (len(string), enc, dec)
+        (eb, ee, ed), (fb, fe, fd) = row[True], row[False]
+        print(f"{name:<10} {eb:>11} {fb:>11} {100 * (eb - fb) / fb:>11.2f} {1000 * ee:>9.1f} {1000 * fe:>9.1f} "
+              f"{1000 * ed:>12.1f} {1000 * fd:>12.1f}")
+    model.entropy.exact = True
+
+
 def bench_sd_turbo() -> None:
     t = time.perf_counter()
     model = build(sd_turbo_config(), use_sources=False)
@@ -88,6 +111,7 @@ def main() -> None:
     parser.add_argument("--skip-sd-turbo", action="store_true")
     args = parser.parse_args()
     bench_tiny(args.repeats)
+    bench_exact_path(args.repeats)
     if not args.skip_sd_turbo:
         bench_sd_turbo()
 
