@@ -72,8 +72,8 @@ def bench_exact_path(repeats: int) -> None:
             model.entropy.exact = exact
             model.entropy.invalidate_tables()
             string, _ = model.entropy.compress(y)
-            enc = timed(lambda: model.entropy.compress(y), repeats)
-            dec = timed(lambda string=string: model.entropy.decompress(string, tuple(y.shape[2:])), repeats)
+            enc = timed(lambda y=y: model.entropy.compress(y), repeats)
+            dec = timed(lambda string=string, y=y: model.entropy.decompress(string, tuple(y.shape[2:])), repeats)
             row[exact] = (len(string), enc, dec)
         (eb, ee, ed), (fb, fe, fd) = row[True], row[False]
         print(f"{name:<10} {eb:>11} {fb:>11} {100 * (eb - fb) / fb:>11.2f} {1000 * ee:>9.1f} {1000 * fe:>9.1f} "

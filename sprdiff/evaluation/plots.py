@@ -83,6 +83,6 @@ def _colour(name: str) -> str | None:
 
 
 def _minor_label(value: float, _pos) -> str:
-    """Label the 2x and 5x minor ticks of a log axis, so narrow ranges still show numbers."""
+    """Label the 2x, 3x and 5x minor ticks of a log axis, so narrow ranges still show numbers."""
     mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
-    return f"{value:g}" if round(mantissa) in (2, 5) and abs(mantissa - round(mantissa)) < 1e-6 else ""
+    return f"{value:g}" if round(mantissa) in (2, 3, 5) and abs(mantissa - round(mantissa)) < 1e-6 else ""

@@ -1,0 +1,148 @@
+"""Pipeline efficiency: the Ray Data jobs against a plain in-process loop, same images, same preset.
+
+    .venv/bin/python bench/bench_pipeline.py [--images 64] [--size 640] [--model tiny]
+
+Prints, side by side from one run: images/s of ``encode-job`` vs a loop (read file -> load_image
+-> compress -> one Parquet file), their ratio (pipeline efficiency), and the same for
+``decode-job`` vs a loop (read archive -> decompress -> PNG file). Both arms use the same CPU
+cores: the loop runs torch with every core, the job one actor with every core for torch. The
+job's time counts everything from the call to the summary (listing, actor start-up, model load
+in the actor, writing); the loop's counts its model load too. Starting Ray itself (once per
+command, reusable with --address) is printed separately.
+
+glibc's malloc thresholds are raised for both arms (see RAY_NOTES): the script re-executes
+itself with them set if they are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456"}
+if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def make_images(folder: Path, count: int, size: int) -> list[Path]:
+    """``count`` different size x size photos (skimage.data, resized, flipped and shifted) as PNG files."""
+    from skimage import data
+
+    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.immunohistochemistry()]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        src = Image.fromarray(sources[i % len(sources)])
+        scale = size * (1.0 + 0.1 * (i // len(sources) % 4)) / min(src.size)
+        big = np.asarray(src.resize((round(src.size[0] * scale) + 1, round(src.size[1] * scale) + 1)))
+        dy, dx = (i * 7) % (big.shape[0] - size + 1), (i * 13) % (big.shape[1] - size + 1)
+        crop = big[dy:dy + size, dx:dx + size]
+        crop = crop[:, ::-1] if (i // 2) % 2 else crop
+        path = folder / f"img-{i:04d}.png"
+        Image.fromarray(np.ascontiguousarray(crop)).save(path)
+        paths.append(path)
+    return paths
+
+
+def loop_encode(paths: list[Path], model_name: str, out: Path) -> tuple[float, float]:
+    """The plain loop; returns (wall seconds, mean seconds in compress per image)."""
+    from sprdiff import SPRDiff, load_image
+
+    t0 = time.perf_counter()
+    model = SPRDiff.from_pretrained(model_name)
+    keys, records, codec = [], [], 0.0
+    for path in paths:
+        pixels = load_image(path.read_bytes())
+        c0 = time.perf_counter()
+        [record] = model.compress([pixels])
+        codec += time.perf_counter() - c0
+        keys.append(path.stem)
+        records.append(record)
+    pq.write_table(pa.table({"key": keys, "bitstream": records}), out)
+    return time.perf_counter() - t0, codec / len(paths)
+
+
+def loop_decode(archive: Path, model_name: str, out: Path) -> tuple[float, float, int]:
+    from sprdiff import SPRDiff
+    from sprdiff.images import encode_png
+
+    t0 = time.perf_counter()
+    model = SPRDiff.from_pretrained(model_name)
+    table = pq.read_table(archive, columns=["key", "bitstream"])
+    out.mkdir(parents=True, exist_ok=True)
+    codec, n = 0.0, 0
+    for key, record in zip(table.column("key").to_pylist(), table.column("bitstream").to_pylist()):
+        if record is None:
+            continue
+        c0 = time.perf_counter()
+        [pixels] = model.decompress([record], batch_size=1)
+        codec += time.perf_counter() - c0
+        (out / f"{key}.png").write_bytes(encode_png(pixels))
+        n += 1
+    return time.perf_counter() - t0, codec / max(1, n), n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--size", type=int, default=640, help="square image side in pixels (default: 640)")
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--shard-size", type=int, default=8)
+    parser.add_argument("--work-dir", default=None, help="default: a temporary directory")
+    args = parser.parse_args()
+
+    import torch
+
+    from pipeline import ray_runner
+    from pipeline.config import ComputeConfig, DecodeJobConfig, EncodeJobConfig
+    from pipeline.decode_job import run_decode_job
+    from pipeline.encode_job import run_encode_job
+
+    cores = os.cpu_count() or 1
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-pipeline-"))
+    paths = make_images(work / "photos", args.images, args.size)
+    compute = ComputeConfig(actors=1, cpus_per_actor=1, threads_per_actor=cores)
+    print(f"{args.images} images of {args.size}x{args.size}, model {args.model}, {cores} cores; loop: torch "
+          f"{torch.get_num_threads()} threads in this process; job: 1 actor x {cores} torch threads, "
+          f"shards of {args.shard_size}")
+
+    loop_enc_s, enc_codec = loop_encode(paths, args.model, work / "loop-archive.parquet")
+    t0 = time.perf_counter()
+    with ray_runner.ray_session(num_cpus=ray_runner.embedded_cpus(compute)):
+        ray_start = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        enc = run_encode_job(EncodeJobConfig(input=str(work / "photos"), output=str(work / "archive"),
+                                             model=args.model, shard_size=args.shard_size, compute=compute),
+                             ray_runner.stream_encode, log=lambda _: None)
+        job_enc_s = time.perf_counter() - t0
+        loop_dec_s, dec_codec, n_dec = loop_decode(work / "archive", args.model, work / "loop-decoded")
+        t0 = time.perf_counter()
+        dec = run_decode_job(DecodeJobConfig(input=str(work / "archive"), output=str(work / "decoded"),
+                                             compute=compute), ray_runner.stream_decode, log=lambda _: None)
+        job_dec_s = time.perf_counter() - t0
+    assert enc["counts"] == {"ok": args.images} and dec["counts"] == {"ok": args.images} and n_dec == args.images
+    loop_records = pq.read_table(work / "loop-archive.parquet").column("bitstream").to_pylist()
+    job_records = pq.read_table(work / "archive", columns=["bitstream"]).column("bitstream").to_pylist()
+    assert loop_records == job_records, "the job's bitstreams differ from the loop's"
+
+    n = args.images
+    print(f"ray start (once per command; not in the job times): {ray_start:.1f} s")
+    print(f"{'':8}{'codec s/img':>12}{'loop s':>9}{'loop img/s':>11}{'job s':>9}{'job img/s':>10}{'ratio':>7}")
+    for name, codec, loop_s, job_s in (("encode", enc_codec, loop_enc_s, job_enc_s),
+                                       ("decode", dec_codec, loop_dec_s, job_dec_s)):
+        print(f"{name:8}{codec:12.3f}{loop_s:9.1f}{n / loop_s:11.2f}{job_s:9.1f}{n / job_s:10.2f}"
+              f"{loop_s / job_s:7.2f}")
+    print(f"work dir: {work}")
+
+
+if __name__ == "__main__":
+    main()

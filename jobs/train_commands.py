@@ -1,0 +1,118 @@
+"""``sprdiff make-shards`` and ``sprdiff train``: preparing a corpus and training the two stages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "train_default.json"
+
+
+def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
+    shards = subparsers.add_parser("make-shards", help="pack image folders/prefixes into WebDataset tar shards")
+    shards.add_argument("--input", required=True, help="folder or URI prefix of images (local, s3://, ...)")
+    shards.add_argument("--output", required=True, help="folder or URI prefix for shard-NNNNNN.tar + manifest.json")
+    shards.add_argument("--crop", type=int, default=512,
+                        help="training crop size: shorter images are upscaled to it (default: 512)")
+    shards.add_argument("--per-shard", type=int, default=256, help="samples per shard (default: 256)")
+    shards.add_argument("--threads", type=int, default=8, help="images read and checked in parallel (default: 8)")
+    shards.set_defaults(run=run_make_shards)
+
+    train = subparsers.add_parser("train", help="train stage 1 or 2 with Ray Train (DDP) from WebDataset shards")
+    train.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    train.add_argument("--data", required=True, help="URI prefix of the tar shards (local or s3://)")
+    train.add_argument("--output", required=True,
+                       help="URI for checkpoints/, metrics.jsonl and the exported model/ (local or s3://)")
+    train.add_argument("--model", default=None,
+                       help="preset or model dir/URI to start from (stage 1: the config's 'model'; stage 2: the "
+                            "stage-1 run's OUTPUT/model, required)")
+    train.add_argument("--config", default=None, help=f"JSON file merged over {DEFAULT_CONFIG.name}")
+    train.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks) (default: 1)")
+    train.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker; 0 trains on CPU")
+    train.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs reserved per worker (default: 1)")
+    train.add_argument("--steps", type=int, default=None, help="total steps of the stage (default: the config's)")
+    train.add_argument("--lambda-rate", type=float, default=None,
+                       help="λ_b, the rate weight (default: the config's; stage 2 rate points 8, 4, 2)")
+    train.add_argument("--crop", type=int, default=None, help="random crop size (default: the config's)")
+    train.add_argument("--batch-size", type=int, default=None, help="per-worker batch (default: the config's)")
+    train.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    train.add_argument("--vgg-weights", default=None,
+                       help="VGG16 state dict path/URI for the perceptual loss, or 'random' (toy runs)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the latest checkpoint under --output (start fresh if there is none)")
+    train.add_argument("--max-failures", type=int, default=0,
+                       help="worker-group restarts from the last checkpoint before giving up (default: 0)")
+    train.add_argument("--address", default=None,
+                       help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray started for this run)")
+    train.set_defaults(run=run_train)
+
+
+def run_make_shards(args: argparse.Namespace) -> int:
+    from pipeline.shards import make_shards
+
+    stats = make_shards(args.input, args.output, crop=args.crop, per_shard=args.per_shard, threads=args.threads)
+    summary = {"output": args.output, "samples": stats.written, "shards": len(stats.shards),
+               "upscaled": stats.upscaled, "skipped": dict(stats.skipped)}
+    print(json.dumps(summary))
+    for error in stats.errors:
+        print(f"skipped {error['source_uri']}: {error['status']}: {error['error']}", file=sys.stderr)
+    return 0
+
+
+def build_run_spec(args: argparse.Namespace):
+    """The config file(s) plus the CLI flags -> the RunSpec every worker gets."""
+    from pipeline.training.config import MISSING_VGG_MESSAGE, load_config
+    from pipeline.training.loop import RunSpec
+
+    config = load_config(DEFAULT_CONFIG, args.config)
+    overrides = {"vgg_weights": args.vgg_weights, "data.crop": args.crop, "data.batch_size": args.batch_size,
+                 "checkpoint_every": args.checkpoint_every}
+    config = config.with_overrides({k: v for k, v in overrides.items() if v is not None})
+    stage = config.stage(args.stage)
+    model = args.model or (config.model if args.stage == 1 else None)
+    if model is None:
+        raise ValueError("stage 2 starts from a stage-1 model: pass --model OUTPUT/model of the stage-1 run")
+    if config.vgg_weights is None:
+        raise ValueError(MISSING_VGG_MESSAGE)
+    return RunSpec(stage=args.stage, data_uri=args.data, output_uri=args.output, model=model,
+                   lambda_rate=args.lambda_rate if args.lambda_rate is not None else stage.lambda_rate,
+                   steps=args.steps if args.steps is not None else stage.steps, config=config.to_dict())
+
+
+def start_ray(address: str | None) -> None:
+    """Connect to ``address`` (or $RAY_ADDRESS); without one, start a local Ray for this run."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, local cluster
+        ray.init(address="local")
+    else:
+        ray.init(address=address)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ray.train import TrainingFailedError
+
+    from pipeline.training.loop import CHECKPOINTS_DIR, MODEL_DIR, check_output, output_path, run_training
+
+    spec = build_run_spec(args)
+    if not check_output(spec, args.resume) and args.resume:  # checked before the minute Ray takes to start
+        print(f"no checkpoint under {spec.output_uri}: starting at step 0")
+    start_ray(args.address)
+    try:
+        result = run_training(spec, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                              cpus_per_worker=args.cpus_per_worker, resume=args.resume,
+                              max_failures=args.max_failures)
+    except TrainingFailedError as e:
+        print(f"sprdiff: error: training failed: {e}", file=sys.stderr)
+        return 1
+    checkpoint = result.checkpoint and output_path(spec.output_uri, CHECKPOINTS_DIR, Path(result.checkpoint.path).name)
+    print(json.dumps({"stage": spec.stage, "steps": spec.steps, "checkpoint": checkpoint,
+                      "model": output_path(spec.output_uri, MODEL_DIR), "metrics": result.metrics}))
+    return 0

@@ -1,0 +1,80 @@
+"""Job settings: what to run (the job configs) and with which resources (:class:`ComputeConfig`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.decode_stages import OUTPUT_FORMATS
+from pipeline.inputs import INPUT_FORMATS
+from sprdiff.images import DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """Where the codec runs: an actor pool of ``actors`` actors, each with one model loaded."""
+
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    threads_per_actor: int | None = None  # torch intra-op threads; None: one per CPU of the actor
+    batch_size: int | None = None  # images per codec call; None: whatever block arrives
+    device: str | None = None  # None: cuda when gpus_per_actor > 0, else cpu
+    io_cpus: float = 0.5  # CPUs reserved per reading/decoding (and image-writing) task
+
+    def __post_init__(self) -> None:
+        if self.actors < 1:
+            raise ValueError(f"actors must be >= 1, got {self.actors}")
+        if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0 or self.io_cpus <= 0:
+            raise ValueError("gpus per actor must be >= 0, cpus per actor and io cpus > 0")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+
+    @property
+    def actor_device(self) -> str:
+        return self.device or ("cuda" if self.gpus_per_actor > 0 else "cpu")
+
+    @property
+    def actor_threads(self) -> int:
+        return self.threads_per_actor or max(1, int(self.cpus_per_actor))
+
+
+@dataclass(frozen=True)
+class EncodeJobConfig:
+    input: str
+    output: str
+    model: str = "tiny"
+    input_format: str = "auto"
+    shard_size: int = 64
+    limit: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    image_column: str | None = None
+    key_column: str | None = None
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+
+    def __post_init__(self) -> None:
+        if self.input_format not in INPUT_FORMATS:
+            raise ValueError(f"input format must be one of {INPUT_FORMATS}, got {self.input_format!r}")
+        if self.shard_size < 1:
+            raise ValueError(f"shard size must be >= 1, got {self.shard_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if self.max_pixels < 1:
+            raise ValueError(f"max pixels must be >= 1, got {self.max_pixels}")
+
+
+@dataclass(frozen=True)
+class DecodeJobConfig:
+    input: str
+    output: str
+    image_format: str = "png"
+    model: str | None = None  # None: the model source recorded in the archive
+    keys: frozenset[str] | None = None
+    where: str | None = None
+    quality: int = 90  # webp/jpeg
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+
+    def __post_init__(self) -> None:
+        if self.image_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output format must be one of {OUTPUT_FORMATS}, got {self.image_format!r}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"quality must be in 1..100, got {self.quality}")

@@ -1,0 +1,190 @@
+"""Training configuration: frozen dataclasses read from a JSON file (``jobs/configs/train_default.json``).
+
+The file is the single source of the defaults (the paper's λ values, loss weights and
+schedules); every key must be present and no unknown key is accepted, so a typo fails
+early. A user file is merged over the default one with :func:`merge`; CLI flags then
+override a few keys with :func:`TrainConfig.with_overrides`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+VGG_LAYERS = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22}  # index in torchvision's vgg16.features
+RANDOM_VGG = "random"  # toy runs and tests: a seeded random VGG16 of the same architecture
+MISSING_VGG_MESSAGE = (
+    "the perceptual loss needs VGG16 weights: set \"vgg_weights\" in the training config (or pass --vgg-weights) "
+    "to a local path or URI of torchvision's vgg16 state dict (.safetensors, or a .pth such as the "
+    "vgg16-397923af.pth torchvision downloads, read with weights_only=True); \"random\" gives a random VGG16 "
+    "for toy runs and tests only")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    crop: int  # side of the random square crops; a multiple of 64 (the model's padding multiple)
+    batch_size: int  # per worker
+    loader_workers: int  # torch DataLoader processes per Ray worker (0: read in the training process)
+    shuffle_buffer: int  # samples held for shuffling across shard members
+
+    def __post_init__(self):
+        if self.crop <= 0 or self.crop % 64:
+            raise ValueError(f"data.crop must be a positive multiple of 64, got {self.crop}")
+        if self.batch_size < 1 or self.loader_workers < 0 or self.shuffle_buffer < 1:
+            raise ValueError(f"data: batch_size >= 1, loader_workers >= 0, shuffle_buffer >= 1; got {self}")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    betas: tuple[float, float]
+    weight_decay: float
+    grad_clip: float  # max global norm of the main parameters' gradients (0: off)
+    aux_lr: float  # CompressAI's auxiliary optimizer (EntropyBottleneck quantiles)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    mse_x_hat: float  # ‖x̂ − x‖²
+    perceptual: float  # ‖φ(x̂) − φ(x)‖², φ = VGG16 features
+    mse_x_bar: float  # ‖x̄ − x‖² (coarse image)
+    adversarial: float  # non-saturating generator loss (stage 2)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    steps: int
+    lr: float
+    lr_drops: tuple[tuple[int, float], ...]  # (step, new lr): piecewise-constant schedule
+    lambda_rate: float  # λ_b, weight of the estimated bpp
+    weights: LossWeights
+    rate_ids: dict[str, int]  # λ_b (as written in the file) -> rate id stored in the exported model
+
+    def __post_init__(self):
+        if self.steps < 1 or self.lr <= 0:
+            raise ValueError(f"stage steps must be >= 1 and lr > 0, got steps={self.steps}, lr={self.lr}")
+        if list(self.lr_drops) != sorted(self.lr_drops):
+            raise ValueError(f"lr_drops must be sorted by step: {self.lr_drops}")
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate used for the update that makes ``step`` (0-based count of finished steps)."""
+        lr = self.lr
+        for at, value in self.lr_drops:
+            if step >= at:
+                lr = value
+        return lr
+
+    def rate_id_for(self, lambda_rate: float) -> int | None:
+        for key, rate_id in self.rate_ids.items():
+            if float(key) == float(lambda_rate):
+                return rate_id
+        return None
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    channels: int  # width of the first PatchGAN layer, doubled per layer
+    layers: int  # strided layers
+    lr: float  # its lr follows the stage's schedule: lr × stage.lr_at(step) / stage.lr
+    betas: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str | None  # where stage 1 starts (preset, directory or URI); stage 2 takes --model
+    seed: int
+    vgg_weights: str | None  # local path or URI of a torchvision vgg16 state dict, or "random"
+    vgg_layer: str
+    data: DataConfig
+    optimizer: OptimizerConfig
+    bf16_on_gpu: bool
+    checkpoint_every: int
+    checkpoints_to_keep: int
+    progress_every: int
+    stage1: StageConfig
+    stage2: StageConfig
+    discriminator: DiscriminatorConfig
+
+    def __post_init__(self):
+        if self.vgg_layer not in VGG_LAYERS:
+            raise ValueError(f"vgg_layer must be one of {sorted(VGG_LAYERS)}, got {self.vgg_layer!r}")
+        if self.checkpoint_every < 1 or self.checkpoints_to_keep < 1 or self.progress_every < 1:
+            raise ValueError("checkpoint_every, checkpoints_to_keep and progress_every must be >= 1")
+
+    def stage(self, number: int) -> StageConfig:
+        if number not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {number}")
+        return self.stage1 if number == 1 else self.stage2
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = {k: v for k, v in data.items() if not k.startswith("_")}
+        return _build(cls, data, "config")
+
+    def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
+        """``{"stage1.steps": 10, "data.crop": 64}`` -> a new config (dotted keys, checked)."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            *parents, leaf = dotted.split(".")
+            node = data
+            for part in parents:
+                node = node[part]
+            if leaf not in node:
+                raise KeyError(f"unknown config key {dotted!r}")
+            node[leaf] = value
+        return TrainConfig.from_dict(data)
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be an object, got {data!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    missing = set(known) - set(data)
+    if unknown or missing:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+    nested = {"data": DataConfig, "optimizer": OptimizerConfig, "stage1": StageConfig, "stage2": StageConfig,
+              "discriminator": DiscriminatorConfig, "weights": LossWeights}
+    values = {}
+    for name, value in data.items():
+        if name in nested and isinstance(value, dict) and name in known:
+            value = _build(nested[name], value, f"{where}.{name}")
+        elif name in ("betas",):
+            value = tuple(float(v) for v in value)
+        elif name == "lr_drops":
+            value = tuple((int(step), float(lr)) for step, lr in value)
+        elif name == "rate_ids":
+            value = {str(k): int(v) for k, v in value.items()}
+        values[name] = value
+    return cls(**values)
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``update`` over ``base`` (objects merge key by key; anything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "rate_ids":
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_json(uri: str | Path) -> dict[str, Any]:
+    with fsspec.open(str(uri), "rt") as f:
+        return json.load(f)
+
+
+def load_config(default_path: str | Path, user_path: str | Path | None = None) -> TrainConfig:
+    """The default file, with ``user_path`` (a partial file is fine) merged over it."""
+    data = read_json(default_path)
+    if user_path is not None:
+        data = merge(data, read_json(user_path))
+    return TrainConfig.from_dict(data)

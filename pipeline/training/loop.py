@@ -1,0 +1,230 @@
+"""The Ray Train side: a ``TorchTrainer`` (DDP over workers) running one stage.
+
+Output layout under the run's output URI (local path or any fsspec URI):
+
+    checkpoints/step-000010/{tensors.safetensors,state.json}   every ``checkpoint_every`` steps
+    checkpoints/checkpoint_manager_snapshot.json             Ray Train's index of complete checkpoints
+    metrics.jsonl                                             one line per step (rank 0)
+    model/                                                    the exported ``save_pretrained`` model
+
+Ray Train's storage *is* the output URI (``RunConfig(storage_path, storage_filesystem)``), so
+its checkpoint bookkeeping gives resume for free: a checkpoint is listed in the snapshot only
+after all its files were uploaded, ``ray.train.get_checkpoint()`` returns the latest listed one
+after a worker failure (``max_failures``) and when the same command is started again with the
+same output (``--resume``, or a restarted cluster).
+
+This is the only module of the training package that imports Ray.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from fsspec.implementations.local import LocalFileSystem
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+from pipeline.training.checkpoint import read_checkpoint, write_checkpoint
+from pipeline.training.config import TrainConfig
+from pipeline.training.data import crop_batches, list_shards
+from pipeline.training.export import export_model
+from pipeline.training.metrics import MetricsLog, Progress
+from pipeline.training.stage import StageTrainer
+from sprdiff import SPRDiff
+
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_DIR = "model"
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a worker needs; travels to the workers as a plain dict."""
+
+    stage: int
+    data_uri: str
+    output_uri: str
+    model: str  # preset, directory or URI the stage starts from
+    lambda_rate: float
+    steps: int  # total steps of the stage (the run stops there, resumed or not)
+    config: dict[str, Any]  # TrainConfig.to_dict()
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.config)
+
+    def checkpoint_dir_name(self, step: int) -> str:
+        return f"step-{step:06d}"
+
+
+def output_path(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *parts])
+
+
+def has_checkpoints(output_uri: str) -> bool:
+    fs, root = fsspec.core.url_to_fs(output_path(output_uri, CHECKPOINTS_DIR, RAY_SNAPSHOT))
+    return fs.exists(root)
+
+
+# ---- on each worker
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def say(line: str) -> None:
+    """One line to the worker's stdout (Ray forwards it to the driver). Not ``print``: Ray Train
+    patches it into its logger, which shows each line twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def sync_grads(params) -> None:
+    world = _world()
+    if world > 1:
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad.div_(world)
+
+
+def reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    world = _world()
+    if world > 1:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= world
+    return values
+
+
+def prepare_ddp(module: torch.nn.Module) -> torch.nn.Module:
+    """DDP through Ray Train (identity with one worker). Every trained parameter gets a gradient
+    each step, so ``find_unused_parameters`` stays off."""
+    return ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"find_unused_parameters": False})
+
+
+def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
+    spec = RunSpec(**spec_dict)
+    config = spec.train_config
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(config.seed)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
+    model = SPRDiff.from_pretrained(spec.model, device=device)
+    base_fingerprint = model.fingerprint if rank == 0 else None
+    trainer = StageTrainer(model, config, spec.stage, spec.lambda_rate, device)
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            saved = read_checkpoint(Path(directory))
+        if rank == 0 and saved["run"]["base_fingerprint"] != base_fingerprint:
+            raise ValueError(f"the checkpoint was trained from another base model than {spec.model!r} "
+                             f"(fingerprint {saved['run']['base_fingerprint'][:12]}... vs {base_fingerprint[:12]}...)")
+        trainer.load_state_dict(saved["trainer"])
+        if rank == 0:
+            say(f"resumed from step {trainer.step} ({spec.checkpoint_dir_name(trainer.step)})")
+    start_step = trainer.step
+    torch.manual_seed(hash((config.seed, rank, start_step)) % 2**31)  # quantisation noise differs per worker
+
+    trainer.distribute(prepare_ddp, sync_grads, reduce_mean)
+    trainer.set_train_mode()
+    data = config.data
+    batches = crop_batches(list_shards(spec.data_uri), data.crop, data.batch_size, rank, world, config.seed,
+                           start_step, data.loader_workers, data.shuffle_buffer)
+    metrics = MetricsLog(spec.output_uri, keep_until_step=start_step) if rank == 0 else None
+    progress = Progress(spec.stage, spec.steps, config.progress_every, start_step)
+    run_info = {**asdict(spec), "base_fingerprint": base_fingerprint}
+
+    last = time.perf_counter()
+    while trainer.step < spec.steps:
+        record = trainer.train_step(next(batches))
+        now = time.perf_counter()
+        record.update(step=trainer.step, stage=spec.stage, lambda_rate=trainer.lambda_rate,
+                      samples_per_s=world * data.batch_size / (now - last), time=time.time())
+        last = now
+        if metrics is not None:
+            metrics.write(record)
+            line = progress.update(record)
+            if line:
+                say(line)
+        if trainer.step % config.checkpoint_every == 0 or trainer.step == spec.steps:
+            if metrics is not None:
+                metrics.sync()
+            _report_checkpoint(spec, trainer, run_info, record, rank)
+            last = time.perf_counter()  # checkpoint time is not training throughput
+
+    if metrics is not None:
+        metrics.close()
+    if rank == 0:
+        stage = config.stage(spec.stage)
+        destination = output_path(spec.output_uri, MODEL_DIR)
+        fingerprint = export_model(trainer.model, destination, stage.rate_id_for(trainer.lambda_rate))
+        say(f"exported the model at step {trainer.step} to {destination} (fingerprint {fingerprint[:16]})")
+
+
+def _report_checkpoint(spec: RunSpec, trainer: StageTrainer, run_info: dict, record: dict, rank: int) -> None:
+    name = spec.checkpoint_dir_name(trainer.step)
+    summary = {k: v for k, v in record.items() if isinstance(v, (int, float))}
+    if rank != 0:
+        ray.train.report(summary, checkpoint=None, checkpoint_dir_name=name)
+        return
+    with tempfile.TemporaryDirectory(prefix="sprdiff-ckpt-") as tmp:
+        write_checkpoint(Path(tmp), {"trainer": trainer.state_dict(), "run": run_info})
+        ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+
+
+# ---- on the driver
+
+def storage_for(output_uri: str):
+    """(storage_path, storage_filesystem) for Ray Train: local paths as they are, other URIs
+    through fsspec wrapped as a pyarrow filesystem."""
+    fs, root = fsspec.core.url_to_fs(output_uri)
+    if isinstance(fs, LocalFileSystem):
+        return str(Path(root).resolve()), None
+    return root.rstrip("/"), PyFileSystem(FSSpecHandler(fs))
+
+
+def check_output(spec: RunSpec, resume: bool) -> bool:
+    """Refuse to mix runs in one output and fail early when there is no data; returns whether
+    there is a checkpoint to resume from. Cheap: call it before starting Ray."""
+    found = has_checkpoints(spec.output_uri)
+    if found and not resume:
+        raise ValueError(f"{output_path(spec.output_uri, CHECKPOINTS_DIR)} holds checkpoints of an earlier run: pass "
+                         f"--resume to continue it, or choose another --output")
+    list_shards(spec.data_uri)
+    return found
+
+
+def run_training(spec: RunSpec, *, workers: int, gpus_per_worker: float = 0, cpus_per_worker: float = 1,
+                 resume: bool = False, max_failures: int = 0):
+    """Run the stage on the connected Ray cluster; returns Ray Train's ``Result``."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    check_output(spec, resume)
+    config = spec.train_config
+    storage_path, storage_filesystem = storage_for(spec.output_uri)
+    resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=asdict(spec),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
+                                     resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if gpus_per_worker > 0 else "gloo"),
+        run_config=RunConfig(name=CHECKPOINTS_DIR, storage_path=storage_path, storage_filesystem=storage_filesystem,
+                             checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoints_to_keep),
+                             failure_config=FailureConfig(max_failures=max_failures)),
+    )
+    return trainer.fit()

@@ -1,0 +1,213 @@
+"""One training stage on one worker: the modules, optimizers, schedules and the per-step update.
+
+Plain PyTorch, no Ray: the Ray Train loop (``pipeline.training.loop``) wraps the modules in
+DDP through ``distribute`` and passes the all-reduce; tests call :meth:`StageTrainer.train_step`
+directly.
+
+What trains (ARCHITECTURE.md §1): every parameter ``SPRDiff.freeze_pretrained`` leaves
+trainable -- LoRA adapters of the VAE encoder and UNet, fusion, E_l/D_l, entropy model, T, P,
+semantic projection -- plus the discriminator in stage 2. Optimizers (CompressAI's convention):
+the main one takes all of those except the EntropyBottleneck ``quantiles``; an auxiliary
+Adam minimises ``entropy.aux_loss()`` over the quantiles alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from pipeline.training.config import StageConfig, TrainConfig
+from pipeline.training.discriminator import PatchDiscriminator
+from pipeline.training.losses import VGGFeatures, codec_loss, discriminator_loss
+from sprdiff import SPRDiff
+
+AUX_PARAMETER_SUFFIX = ".quantiles"  # CompressAI: EntropyBottleneck quantiles go to the aux optimizer
+Wrap = Callable[[nn.Module], nn.Module]
+SyncGrads = Callable[[Iterable[nn.Parameter]], None]
+ReduceMean = Callable[[torch.Tensor], torch.Tensor]
+
+
+class PiecewiseConstant:
+    """LambdaLR factor: 1 until the first drop, then ``drop_lr / base_lr`` (JSON-able state)."""
+
+    def __init__(self, base_lr: float, drops: Iterable[tuple[int, float]]):
+        self.base_lr = base_lr
+        self.drops = [[int(step), float(lr)] for step, lr in drops]
+
+    def __call__(self, step: int) -> float:
+        factor = 1.0
+        for at, lr in self.drops:
+            if step >= at:
+                factor = lr / self.base_lr
+        return factor
+
+
+def frozen_modules(model: SPRDiff) -> list[nn.Module]:
+    """Pretrained parts kept in eval mode (their LoRA adapters still train)."""
+    return [model.vae, model.unet, model.dino, model.distortion]
+
+
+class StageTrainer:
+    def __init__(self, model: SPRDiff, config: TrainConfig, stage: int, lambda_rate: float | None = None,
+                 device: torch.device | str = "cpu"):
+        self.config = config
+        self.stage_number = stage
+        self.stage: StageConfig = config.stage(stage)
+        self.lambda_rate = self.stage.lambda_rate if lambda_rate is None else float(lambda_rate)
+        self.device = torch.device(device)
+        self.use_bf16 = config.bf16_on_gpu and self.device.type == "cuda"
+        self.model = model.to(self.device)
+        model.freeze_pretrained()
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.main_names = [n for n, _ in named if not n.endswith(AUX_PARAMETER_SUFFIX)]
+        self.aux_names = [n for n, _ in named if n.endswith(AUX_PARAMETER_SUFFIX)]
+        params = dict(named)
+        self.main_params = [params[n] for n in self.main_names]
+        self.aux_params = [params[n] for n in self.aux_names]
+        opt = config.optimizer
+        self.optimizer = torch.optim.AdamW(self.main_params, lr=self.stage.lr, betas=opt.betas,
+                                           weight_decay=opt.weight_decay)
+        self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=opt.aux_lr)
+        self.scheduler = LambdaLR(self.optimizer, PiecewiseConstant(self.stage.lr, self.stage.lr_drops))
+        self.vgg = VGGFeatures(config.vgg_weights, config.vgg_layer).to(self.device)
+        self.discriminator: PatchDiscriminator | None = None
+        if self.stage.weights.adversarial > 0:
+            d = config.discriminator
+            self.discriminator = PatchDiscriminator(d.channels, d.layers).to(self.device)
+            self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=d.lr, betas=d.betas)
+            self.d_scheduler = LambdaLR(self.d_optimizer, PiecewiseConstant(self.stage.lr, self.stage.lr_drops))
+        self.net: nn.Module = self.model  # what the forward pass calls (DDP-wrapped by distribute)
+        self.d_net: nn.Module | None = self.discriminator
+        self.sync_grads: SyncGrads = lambda params: None
+        self.reduce_mean: ReduceMean = lambda t: t
+        self.step = 0  # finished updates
+
+    # ---- distribution
+
+    def distribute(self, wrap: Wrap, sync_grads: SyncGrads, reduce_mean: ReduceMean) -> None:
+        """Wrap the trained modules (DDP) and set how gradients/metrics are averaged across workers."""
+        self.net = wrap(self.model)
+        if self.discriminator is not None:
+            self.d_net = wrap(self.discriminator)
+        self.sync_grads, self.reduce_mean = sync_grads, reduce_mean
+
+    def set_train_mode(self) -> None:
+        self.model.train()
+        for module in frozen_modules(self.model):
+            module.eval()
+        if self.discriminator is not None:
+            self.discriminator.train()
+
+    def _autocast(self):
+        if self.use_bf16:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ---- one update
+
+    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+        """One update on a batch x (B, 3, H, W) in [0, 1]; returns the metrics averaged over workers."""
+        started = time.perf_counter()
+        x = x.to(self.device, non_blocking=True)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            out = self.net(x)
+            fake_logits = self.d_net(out["x_hat"]) if self.d_net is not None else None
+        loss, terms = codec_loss(x, out, self.vgg, self.stage.weights, self.lambda_rate, fake_logits)
+        loss.backward()
+        clip = self.config.optimizer.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.main_params, clip if clip > 0 else float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+
+        # CompressAI's auxiliary loss: fits the EntropyBottleneck quantiles (medians, tails)
+        self.aux_optimizer.zero_grad(set_to_none=True)
+        aux_loss = self.model.entropy.aux_loss()
+        aux_loss.backward()
+        self.sync_grads(self.aux_params)  # outside DDP's forward: averaged by hand
+        self.aux_optimizer.step()
+
+        metrics = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}, "aux_loss": aux_loss.detach(),
+                   "grad_norm": grad_norm.detach()}
+        if self.discriminator is not None:
+            self.d_optimizer.zero_grad(set_to_none=True)  # drop what the generator loss left there
+            with self._autocast():
+                logits = self.d_net(torch.cat([x, out["x_hat"].detach()]))  # one forward: real and fake
+            real, fake = logits.float().chunk(2)
+            d_loss = discriminator_loss(real, fake)
+            d_loss.backward()
+            self.d_optimizer.step()
+            self.d_scheduler.step()
+            metrics["d_loss"] = d_loss.detach()
+        self.step += 1
+
+        names = list(metrics)
+        values = self.reduce_mean(torch.stack([metrics[n].float().to(self.device) for n in names]))
+        result = dict(zip(names, values.tolist()))
+        result["lr"] = lr
+        result["step_s"] = time.perf_counter() - started
+        return result
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor) -> dict[str, float]:
+        """The codec loss on x without updating anything: eval mode, so quantisation is rounding
+        (deterministic) instead of training noise; the adversarial term is left out."""
+        self.model.eval()
+        try:
+            with self._autocast():
+                out = self.model(x.to(self.device))
+            loss, terms = codec_loss(x.to(self.device), out, self.vgg, self.stage.weights, self.lambda_rate)
+        finally:
+            self.set_train_mode()
+        return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+
+    # ---- state (checkpoints)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def state_dict(self) -> dict:
+        state = {
+            "step": self.step, "stage": self.stage_number, "lambda_rate": self.lambda_rate,
+            "model": self.trainable_state(),
+            "parameter_names": {"main": self.main_names, "aux": self.aux_names},
+            "optimizer": self.optimizer.state_dict(), "aux_optimizer": self.aux_optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+        if self.discriminator is not None:
+            state.update(discriminator=self.discriminator.state_dict(), d_optimizer=self.d_optimizer.state_dict(),
+                         d_scheduler=self.d_scheduler.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["stage"] != self.stage_number:
+            raise ValueError(f"checkpoint is from stage {state['stage']}, this run is stage {self.stage_number}: "
+                             f"use a new --output for the other stage")
+        if float(state["lambda_rate"]) != self.lambda_rate:
+            raise ValueError(f"checkpoint was trained with lambda_rate {state['lambda_rate']}, this run asks for "
+                             f"{self.lambda_rate}: each rate point needs its own --output")
+        if state["parameter_names"] != {"main": self.main_names, "aux": self.aux_names}:
+            raise ValueError("checkpoint's trainable parameters differ from this model's: was it written for "
+                             "another --model?")
+        with torch.no_grad():
+            params = self.trainable_state()
+            for name, tensor in state["model"].items():
+                params[name].copy_(tensor)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.aux_optimizer.load_state_dict(state["aux_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.discriminator is not None:
+            if "discriminator" not in state:
+                raise ValueError("checkpoint has no discriminator but this stage trains one")
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.d_optimizer.load_state_dict(state["d_optimizer"])
+            self.d_scheduler.load_state_dict(state["d_scheduler"])
+        self.step = int(state["step"])
+        self.model.entropy.invalidate_tables()
+        self.model.invalidate_fingerprint()

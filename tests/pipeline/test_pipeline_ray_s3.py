@@ -1,0 +1,160 @@
+"""Both jobs on a local Ray (2 CPUs) against a real S3 endpoint (moto_server on loopback)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import boto3
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+from PIL import Image
+from pipeline_testing import MAX_PIXELS, make_tar, png_bytes
+
+from jobs.cli import main as sprdiff_cli
+from pipeline import ray_runner
+from pipeline.config import ComputeConfig, DecodeJobConfig, EncodeJobConfig
+from pipeline.decode_job import run_decode_job
+from pipeline.encode_job import run_encode_job
+
+COMPUTE = ComputeConfig(actors=1, cpus_per_actor=1, threads_per_actor=1)
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_endpoint) -> str:
+    name = f"pipeline-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def ray_two_cpus(s3_endpoint, tmp_path_factory):
+    """One local Ray for the module, started after the S3 variables are set so workers inherit them."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    with ray_runner.ray_session(num_cpus=2, temp_dir=f"/tmp/sprdiff-test-ray-{uuid.uuid4().hex[:8]}"):
+        yield
+    assert not ray.is_initialized()
+
+
+def fs() -> s3fs.S3FileSystem:
+    return s3fs.S3FileSystem(skip_instance_cache=True)
+
+
+@pytest.fixture(scope="module")
+def s3_photos(bucket, small_images, bad_files) -> str:
+    s3 = fs()
+    for key, pixels in small_images.items():
+        s3.pipe_file(f"{bucket}/photos/{key}.png", png_bytes(pixels))
+    for name, (data, _) in bad_files.items():
+        s3.pipe_file(f"{bucket}/photos/{name}", data)
+    return f"s3://{bucket}/photos"
+
+
+def read_archive(uri: str) -> dict[str, dict]:
+    s3 = fs()
+    paths = sorted(s3.glob(uri.removeprefix("s3://") + "/part-*.parquet"))
+    table = pa.concat_tables([pq.read_table(p, filesystem=s3) for p in paths])
+    keys = table.column("key").to_pylist()
+    assert len(keys) == len(set(keys)), "a key appears twice"
+    return {r["key"]: r for r in table.to_pylist()}
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def test_encode_and_decode_jobs_over_s3(ray_two_cpus, s3_photos, bucket, small_images, bad_files, tmp_path,
+                                        tiny_model, capsys):
+    archive = f"s3://{bucket}/archive"
+    stats = run_encode_job(EncodeJobConfig(input=s3_photos, output=archive, shard_size=5, max_pixels=MAX_PIXELS,
+                                           compute=COMPUTE), ray_runner.stream_encode)
+    rows = read_archive(archive)
+    assert len(rows) == 24 == stats["rows"]
+    expected = {k: "ok" for k in small_images} | {n.rsplit(".", 1)[0]: s for n, (_, s) in bad_files.items()}
+    assert {k: r["status"] for k, r in rows.items()} == expected
+    assert stats["counts"] == {"ok": 20, "empty": 1, "not_image": 1, "too_large": 1, "truncated": 1}
+    assert stats["run"]["shards_written"] == 5
+    assert fs().exists(f"{bucket}/archive/_stats.json")
+
+    # byte-identical to the single-file CLI on the same images
+    local = tmp_path / "photos"
+    local.mkdir()
+    for key, pixels in small_images.items():
+        (local / f"{key}.png").write_bytes(png_bytes(pixels))
+    assert sprdiff_cli(["encode", *sorted(map(str, local.iterdir())), "-o", str(tmp_path / "sprd")]) == 0
+    for key in small_images:
+        assert rows[key]["bitstream"] == (tmp_path / "sprd" / f"{key}.sprd").read_bytes(), key
+        assert rows[key]["source_uri"] == f"s3://{bucket}/photos/{key}.png"
+
+    decoded = f"s3://{bucket}/decoded"
+    dstats = run_decode_job(DecodeJobConfig(input=archive, output=decoded, compute=COMPUTE), ray_runner.stream_decode)
+    assert dstats["counts"] == {"ok": 20, "not_encoded": 4}
+    s3 = fs()
+    pngs = sorted(p.rsplit("/", 1)[1] for p in s3.glob(f"{bucket}/decoded/*.png"))
+    assert pngs == sorted(f"{k}.png" for k in small_images)
+    for key in ("img-00", "img-03"):
+        with s3.open(f"{bucket}/decoded/{key}.png", "rb") as f:
+            got = np.asarray(Image.open(f))
+        [want] = tiny_model.decompress([rows[key]["bitstream"]])
+        # the actor runs torch with 1 thread, this process with 2: synthesis may differ in the last bit
+        assert got.shape == want.shape and np.abs(got.astype(int) - want).max() <= 1
+    manifest = pq.read_table(f"{bucket}/decoded/_manifest.parquet", filesystem=s3)
+    assert manifest.num_rows == 24
+
+    # credentials never reach the output or the log
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"].encode()
+    for path in s3.find(bucket):
+        assert secret not in s3.cat_file(path), path
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in capsys.readouterr().out
+
+    # a rerun finds every shard done and writes nothing
+    before = {p: s3.info(p)["ETag"] for p in s3.glob(f"{bucket}/archive/part-*.parquet")}
+    again = run_encode_job(EncodeJobConfig(input=s3_photos, output=archive, shard_size=5, max_pixels=MAX_PIXELS,
+                                           compute=COMPUTE), ray_runner.stream_encode, log=quiet)
+    assert again["run"]["shards_written"] == 0 and again["rows"] == 24
+    fresh = fs()
+    assert {p: fresh.info(p)["ETag"] for p in fresh.glob(f"{bucket}/archive/part-*.parquet")} == before
+
+
+def test_webdataset_input_from_s3(ray_two_cpus, bucket, small_images, tiny_model):
+    images = list(small_images.items())
+    s3 = fs()
+    s3.pipe_file(f"{bucket}/wds/train-000000.tar", make_tar(
+        [{"__key__": k, "png": png_bytes(v), "json": b"{}"} for k, v in images[:4]] +
+        [{"__key__": "caption-only", "txt": b"no image here"}]))
+    s3.pipe_file(f"{bucket}/wds/train-000001.tar", make_tar(
+        [{"__key__": k, "png": png_bytes(v)} for k, v in images[4:7]]))
+    archive = f"s3://{bucket}/wds-archive"
+    stats = run_encode_job(EncodeJobConfig(input=f"s3://{bucket}/wds", output=archive, compute=COMPUTE),
+                           ray_runner.stream_encode, log=quiet)
+    assert stats["counts"] == {"ok": 7, "no_image": 1}
+    rows = read_archive(archive)
+    assert rows["train-000000/caption-only"]["status"] == "no_image"
+    for key, pixels in images[:7]:
+        shard = "train-000000" if key in dict(images[:4]) else "train-000001"
+        row = rows[f"{shard}/{key}"]
+        assert row["bitstream"] == tiny_model.compress([pixels])[0]
+        assert row["source_uri"] == f"s3://{bucket}/wds/{shard}.tar"
+
+
+def test_parquet_input_from_s3(ray_two_cpus, bucket, small_images, tiny_model):
+    images = list(small_images.items())[:9]
+    table = pa.table({"id": [k for k, _ in images], "jpg": [png_bytes(v) for _, v in images[:8]] + [b"garbage"]})
+    pq.write_table(table, f"{bucket}/tables/batch.parquet", filesystem=fs(), row_group_size=4)
+    archive = f"s3://{bucket}/tables-archive"
+    stats = run_encode_job(EncodeJobConfig(input=f"s3://{bucket}/tables", output=archive, shard_size=4,
+                                           compute=COMPUTE), ray_runner.stream_encode, log=quiet)
+    assert stats["counts"] == {"ok": 8, "not_image": 1} and stats["run"]["shards_written"] == 3
+    rows = read_archive(archive)
+    for key, pixels in images[:8]:
+        assert rows[f"batch/{key}"]["bitstream"] == tiny_model.compress([pixels])[0]
+
+
+def test_an_actor_pool_that_would_starve_the_readers_is_refused(ray_two_cpus):
+    with pytest.raises(ValueError, match="would hang"):
+        ray_runner.check_resources(ComputeConfig(actors=2, cpus_per_actor=1))

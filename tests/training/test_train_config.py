@@ -1,0 +1,58 @@
+"""The training config file: the paper's values, strict keys, merging and overrides."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jobs.train_commands import DEFAULT_CONFIG
+from pipeline.training.config import TrainConfig, load_config, merge
+from pipeline.training.stage import PiecewiseConstant
+
+
+def test_default_file_holds_the_papers_values():
+    config = load_config(DEFAULT_CONFIG)
+    s1, s2 = config.stage1, config.stage2
+    assert (s1.steps, s1.lr, s1.lambda_rate, s1.lr_drops) == (30000, 1e-4, 0.5, ())
+    assert (s1.weights.mse_x_hat, s1.weights.perceptual, s1.weights.mse_x_bar, s1.weights.adversarial) == (2, 1, 2, 0)
+    assert (s2.steps, s2.lr, s2.lr_drops) == (30000, 5e-5, ((28000, 1e-5), (29000, 1e-6)))
+    assert s2.weights.adversarial == 0.1
+    assert {float(k) for k in s2.rate_ids} == {8.0, 4.0, 2.0}
+    assert s2.lambda_rate in (8.0, 4.0, 2.0)
+    assert (config.data.crop, config.data.batch_size) == (512, 1)
+    assert config.vgg_weights is None  # the user must say where VGG16 comes from
+
+
+def test_stage2_learning_rate_steps():
+    s2 = load_config(DEFAULT_CONFIG).stage2
+    assert [s2.lr_at(step) for step in (0, 27999, 28000, 28999, 29000, 29999)] == [5e-5, 5e-5, 1e-5, 1e-5, 1e-6, 1e-6]
+    factor = PiecewiseConstant(s2.lr, s2.lr_drops)
+    assert [s2.lr * factor(step) for step in (0, 28000, 29000)] == pytest.approx([5e-5, 1e-5, 1e-6])
+    assert s2.rate_id_for(4) == 1 and s2.rate_id_for(3) is None
+
+
+def test_unknown_and_missing_keys_fail(tmp_path):
+    data = json.loads(DEFAULT_CONFIG.read_text())
+    with pytest.raises(ValueError, match="unknown keys \\['lambda_b'\\]"):
+        TrainConfig.from_dict(merge(data, {"stage1": {"lambda_b": 1}}))
+    del data["stage2"]["lr"]
+    with pytest.raises(ValueError, match="missing keys \\['lr'\\]"):
+        TrainConfig.from_dict(data)
+
+
+def test_user_file_is_merged_over_the_defaults(tmp_path):
+    user = tmp_path / "mine.json"
+    user.write_text(json.dumps({"vgg_weights": "/weights/vgg16.safetensors", "stage2": {"lambda_rate": 2}}))
+    config = load_config(DEFAULT_CONFIG, user)
+    assert config.vgg_weights == "/weights/vgg16.safetensors"
+    assert config.stage2.lambda_rate == 2 and config.stage2.lr == 5e-5  # the rest stays
+
+
+def test_overrides_are_checked():
+    config = load_config(DEFAULT_CONFIG)
+    assert config.with_overrides({"data.crop": 128}).data.crop == 128
+    with pytest.raises(KeyError, match="data.crops"):
+        config.with_overrides({"data.crops": 128})
+    with pytest.raises(ValueError, match="multiple of 64"):
+        config.with_overrides({"data.crop": 100})

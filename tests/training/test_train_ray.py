@@ -1,0 +1,142 @@
+"""Ray Train end to end on CPU: 2 DDP workers per stage, shards and outputs on S3 and on local disk,
+the exported model used by the codec CLI. One local Ray (2 CPUs) serves the whole module."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import boto3
+import fsspec
+import pytest
+
+from jobs.cli import main
+from pipeline.shards import make_shards
+from pipeline.training.checkpoint import STATE_NAME, TENSORS_NAME, read_checkpoint
+from sprdiff import SPRDiff
+
+STEP_KEYS = {"step", "loss", "mse_x_hat", "perceptual", "mse_x_bar", "bpp", "aux_loss", "lr", "samples_per_s"}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3_endpoint):
+    """Started after the S3 endpoint so the workers inherit its AWS variables."""
+    import ray
+
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+    ray.init(num_cpus=2, _temp_dir=temp_dir, include_dashboard=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_endpoint) -> str:
+    name = f"train-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("config") / "fast.json"
+    path.write_text(json.dumps({"data": {"loader_workers": 0, "shuffle_buffer": 4},
+                                "discriminator": {"channels": 16}, "progress_every": 1}))
+    return str(path)
+
+
+def train(*args: str, config: str) -> int:
+    return main(["train", *args, "--config", config, "--workers", "2", "--crop", "64", "--vgg-weights", "random",
+                 "--checkpoint-every", "2"])
+
+
+def read_metrics(uri: str) -> list[dict]:
+    with fsspec.open(uri, "rt") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def stage1_output(ray_cluster, bucket, shared_image_folder, config_file) -> str:
+    """Stage 1, shards and output on S3."""
+    make_shards(str(shared_image_folder), f"{bucket}/shards", crop=64, per_shard=2, threads=2)
+    output = f"{bucket}/runs/stage1"
+    assert train("--stage", "1", "--data", f"{bucket}/shards", "--output", output, "--model", "tiny",
+                 "--steps", "3", config=config_file) == 0
+    return output
+
+
+@pytest.fixture(scope="module")
+def stage2_output(stage1_output, tmp_path_factory, shared_image_folder, config_file) -> Path:
+    """Stage 2 from the stage-1 export on S3; shards and output on local disk; λ_b = 4."""
+    root = tmp_path_factory.mktemp("stage2")
+    make_shards(str(shared_image_folder), str(root / "shards"), crop=64, per_shard=2, threads=2)
+    assert train("--stage", "2", "--data", str(root / "shards"), "--output", str(root / "run"), "--model",
+                 f"{stage1_output}/model", "--steps", "2", "--lambda-rate", "4", config=config_file) == 0
+    return root / "run"
+
+
+def test_stage1_on_s3_with_two_workers(stage1_output):
+    fs = fsspec.filesystem("s3")
+    assert {p.rsplit("/", 1)[-1] for p in fs.ls(f"{stage1_output}/checkpoints")} >= {"step-000002", "step-000003"}
+    metrics = read_metrics(f"{stage1_output}/metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert all(STEP_KEYS <= set(m) for m in metrics)
+    assert all(m["lambda_rate"] == 0.5 and m["lr"] == 1e-4 for m in metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in (STATE_NAME, TENSORS_NAME):
+            fs.get_file(f"{stage1_output}/checkpoints/step-000003/{name}", f"{tmp}/{name}")
+        state = read_checkpoint(Path(tmp))
+    assert state["trainer"]["step"] == 3 and state["run"]["stage"] == 1
+    model = SPRDiff.from_pretrained(f"{stage1_output}/model")
+    assert model.fingerprint != SPRDiff.from_pretrained("tiny").fingerprint
+
+
+def test_stage2_from_stage1_on_local_disk(stage2_output):
+    metrics = read_metrics(str(stage2_output / "metrics.jsonl"))
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all({"adversarial", "d_loss"} <= set(m) and m["lambda_rate"] == 4 and m["lr"] == 5e-5 for m in metrics)
+    state = read_checkpoint(stage2_output / "checkpoints" / "step-000002")
+    assert state["trainer"]["stage"] == 2 and state["trainer"]["discriminator"]
+    config = json.loads((stage2_output / "model" / "config.json").read_text())
+    assert config["rate_id"] == 1  # λ_b = 4 is the second rate point
+
+
+def test_exported_model_encodes_and_decodes_through_the_cli(stage2_output, tmp_path, sample_images):
+    from PIL import Image
+
+    from sprdiff import load_image
+
+    image = tmp_path / "chelsea.png"
+    Image.fromarray(sample_images["chelsea"]).save(image)
+    model = str(stage2_output / "model")
+    assert main(["encode", str(image), "-o", str(tmp_path / "enc"), "--model", model]) == 0
+    assert main(["decode", str(tmp_path / "enc" / "chelsea.sprd"), "-o", str(tmp_path / "dec"), "--model",
+                 model]) == 0
+    decoded = load_image((tmp_path / "dec" / "chelsea.png").read_bytes())
+    assert decoded.shape == sample_images["chelsea"].shape
+    # records of the trained model are refused by another model
+    assert main(["decode", str(tmp_path / "enc" / "chelsea.sprd"), "-o", str(tmp_path / "dec2"), "--model",
+                 "tiny"]) == 1
+
+
+def test_a_second_run_into_the_same_output_needs_resume(stage2_output, stage1_output, config_file, capsys):
+    assert train("--stage", "2", "--data", str(stage2_output.parent / "shards"), "--output", str(stage2_output),
+                 "--model", f"{stage1_output}/model", "--steps", "2", "--lambda-rate", "4", config=config_file) == 1
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_stage2_needs_a_stage1_model(config_file, capsys):
+    assert main(["train", "--stage", "2", "--data", "x", "--output", "y", "--config", config_file]) == 1
+    assert "stage-1" in capsys.readouterr().err
