@@ -19,12 +19,13 @@ def _add_compute_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("where it runs")
     group.add_argument("--address", default=None,
                        help="Ray cluster address (default: start a local Ray inside this command)")
-    group.add_argument("--actors", type=int, default=1, help="codec actors, one model load each (default: 1)")
+    group.add_argument("--actors", type=int, default=None,
+                       help="codec actors, one model load each (default: one per core for a local Ray on CPU, "
+                            "else 1)")
     group.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per codec actor (default: 0)")
     group.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per codec actor (default: 1)")
     group.add_argument("--threads-per-actor", type=int, default=None,
-                       help="torch threads per codec actor (default: the local machine's cores / actors without "
-                            "--address, else one per reserved CPU)")
+                       help="torch threads per codec actor (default: one per reserved CPU)")
     group.add_argument("--batch-size", type=int, default=None,
                        help="images per codec call (default: whatever block arrives on CPU, 16 with GPUs)")
     group.add_argument("--device", default=None, help="torch device of the actors (default: cuda with GPUs, else cpu)")
@@ -72,15 +73,18 @@ def add_batch_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _compute(args: argparse.Namespace):
+    """Resources of the codec actors. On a local CPU-only Ray the default is one single-threaded
+    actor per core: a multi-threaded torch shares its cores badly with the reading tasks."""
     import os
 
     from pipeline.config import ComputeConfig
 
-    threads = args.threads_per_actor
-    if threads is None and args.address is None and not args.gpus_per_actor:
-        threads = max(1, (os.cpu_count() or 1) // args.actors)
-    return ComputeConfig(actors=args.actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
-                         threads_per_actor=threads, batch_size=args.batch_size, device=args.device)
+    actors = args.actors
+    if actors is None:
+        local_cpu = args.address is None and not args.gpus_per_actor
+        actors = max(1, os.cpu_count() or 1) if local_cpu else 1
+    return ComputeConfig(actors=actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+                         threads_per_actor=args.threads_per_actor, batch_size=args.batch_size, device=args.device)
 
 
 def _read_keys(uri: str) -> frozenset[str]:

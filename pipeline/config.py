@@ -16,7 +16,9 @@ class ComputeConfig:
     actors: int = 1
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
-    threads_per_actor: int | None = None  # torch intra-op threads; None: one per CPU of the actor
+    threads_per_actor: int | None = None  # torch intra-op threads; None: one per CPU of the actor (Ray's
+    # OMP_NUM_THREADS for it). More threads than reserved CPUs contend with the reading tasks: on a busy
+    # core torch's OpenMP threads wait for each other, measured 1.5-25x slower on the 2-core machine.
     batch_size: int | None = None  # images per codec call; None: whatever block arrives
     device: str | None = None  # None: cuda when gpus_per_actor > 0, else cpu
     io_cpus: float = 0.5  # CPUs reserved per reading/decoding (and image-writing) task

@@ -123,7 +123,7 @@ class DecodeRecords:
 
         from sprdiff import SPRDiff
 
-        if threads:
+        if threads and threads != torch.get_num_threads():
             torch.set_num_threads(threads)
         self.model = SPRDiff.from_pretrained(model, device=device) if isinstance(model, str) else model
 

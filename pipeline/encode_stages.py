@@ -97,7 +97,7 @@ class EncodeImages:
 
         from sprdiff import SPRDiff
 
-        if threads:
+        if threads and threads != torch.get_num_threads():
             torch.set_num_threads(threads)
         self.model = SPRDiff.from_pretrained(model, device=device) if isinstance(model, str) else model
         self.model_id = self.model.model_id

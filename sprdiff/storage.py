@@ -33,29 +33,40 @@ def local_path(location: str) -> Path | None:
     return path if path.exists() else None
 
 
+def _version(info: dict) -> str:
+    """What identifies one version of an object: its ETag, else modification time, plus size."""
+    for key in ("ETag", "etag", "LastModified", "mtime", "last_modified", "updated"):
+        if info.get(key) is not None:
+            return f"{info.get('size')}:{info[key]}"
+    return str(info.get("size"))
+
+
 def fetch(location: str, cache_dir: Path | None = None) -> Path:
     """Copy an object-store prefix (``s3://bucket/model``) into a local cache and return it.
 
-    The cache key is the URI, so a second call reuses the copy; a partial copy from an
-    interrupted call is never reused (it is written under a temporary name first).
+    The cache key covers the URI *and* each object's version (ETag or mtime, and size), so a
+    model re-exported to the same URI is fetched again; a partial copy from an interrupted call
+    is never reused (it is written under a temporary name first).
     """
     cache_dir = Path(cache_dir or DEFAULT_CACHE)
-    target = cache_dir / hashlib.sha256(location.encode()).hexdigest()[:24]
-    if target.exists():
-        return target
     fs, root = fsspec.core.url_to_fs(location)
     if not fs.exists(root):
         raise FileNotFoundError(f"nothing at {location}")
+    is_dir = fs.isdir(root)
+    listing = fs.find(root, detail=True) if is_dir else {root: fs.info(root)}
+    key = hashlib.sha256(location.encode())
+    for path in sorted(listing):
+        key.update(f"\n{path}={_version(listing[path])}".encode())
+    target = cache_dir / key.hexdigest()[:24]
+    if target.exists():
+        return target
     tmp = target.with_name(target.name + f".part{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    if fs.isdir(root):
-        for remote in fs.find(root):
-            rel = remote[len(root.rstrip("/")) + 1:]
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(remote, str(dest))
-    else:
-        fs.get_file(root, str(tmp / Path(root).name))
+    for remote in listing:
+        rel = remote[len(root.rstrip("/")) + 1:] if is_dir else Path(root).name
+        dest = tmp / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(remote, str(dest))
     os.replace(tmp, target)
     return target
 

@@ -133,3 +133,17 @@ def test_sd_turbo_sources_on_s3(sd_turbo_standins, s3_bucket, tmp_path):
     model = build(config, use_sources=True, cache_dir=tmp_path / "cache")
     ref = AutoencoderKL.from_pretrained(root / "sd-turbo" / "vae")
     assert torch.equal(model.vae.encoder.conv_out.weight, ref.encoder.conv_out.weight)
+
+
+def test_a_model_re_exported_to_the_same_uri_is_fetched_again(s3_bucket, tiny_model, tmp_path):
+    uri = f"{s3_bucket}/models/retrained"
+    tiny_model.save_pretrained(uri)
+    first = SPRDiff.from_pretrained(uri, cache_dir=tmp_path / "cache")
+    changed = SPRDiff.from_pretrained("tiny")
+    with torch.no_grad():
+        changed.projector[0].bias.add_(0.5)
+    changed.invalidate_fingerprint()
+    changed.save_pretrained(uri)
+    second = SPRDiff.from_pretrained(uri, cache_dir=tmp_path / "cache")
+    assert first.fingerprint == tiny_model.fingerprint
+    assert second.fingerprint == changed.fingerprint != first.fingerprint
