@@ -80,9 +80,11 @@ def _compute(args: argparse.Namespace):
     from pipeline.config import ComputeConfig
 
     actors = args.actors
-    if actors is None:
-        local_cpu = args.address is None and not args.gpus_per_actor
-        actors = max(1, os.cpu_count() or 1) if local_cpu else 1
+    if actors is None and args.address is None and not args.gpus_per_actor:
+        # leave room for the reading tasks when the local Ray's CPUs are given
+        reading = ComputeConfig().io_cpus
+        actors = int((args.num_cpus - reading) // args.cpus_per_actor) if args.num_cpus else os.cpu_count() or 1
+    actors = max(1, actors or 1)
     return ComputeConfig(actors=actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
                          threads_per_actor=args.threads_per_actor, batch_size=args.batch_size, device=args.device)
 

@@ -22,18 +22,26 @@ class ComputeConfig:
     batch_size: int | None = None  # images per codec call; None: whatever block arrives
     device: str | None = None  # None: cuda when gpus_per_actor > 0, else cpu
     io_cpus: float = 0.5  # CPUs reserved per reading/decoding (and image-writing) task
+    io_tasks: int | None = None  # most reading (and writing) tasks at once; None: one per actor. Each new
+    # task process imports torch (via sprdiff), seconds of CPU taken from the actors on a small machine.
 
     def __post_init__(self) -> None:
         if self.actors < 1:
             raise ValueError(f"actors must be >= 1, got {self.actors}")
         if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0 or self.io_cpus <= 0:
             raise ValueError("gpus per actor must be >= 0, cpus per actor and io cpus > 0")
+        if self.io_tasks is not None and self.io_tasks < 1:
+            raise ValueError(f"io tasks must be >= 1, got {self.io_tasks}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
 
     @property
     def actor_device(self) -> str:
         return self.device or ("cuda" if self.gpus_per_actor > 0 else "cpu")
+
+    @property
+    def max_io_tasks(self) -> int:
+        return self.io_tasks or self.actors
 
     @property
     def actor_threads(self) -> int:

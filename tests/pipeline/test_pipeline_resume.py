@@ -65,7 +65,7 @@ def corpus(s3_endpoint, sample_images) -> tuple[str, dict[str, np.ndarray]]:
 
 def _command(source: str, archive: str, ray_dir: str) -> list[str]:
     return [sys.executable, "-m", "jobs.cli", "encode-job", "--input", source, "--output", archive,
-            "--shard-size", "2", "--num-cpus", "2", "--ray-temp-dir", ray_dir]
+            "--shard-size", "2", "--num-cpus", "2", "--actors", "1", "--ray-temp-dir", ray_dir]
 
 
 def _start_and_wait_for_a_part(command: list[str], log_path, archive: str) -> tuple[subprocess.Popen, list]:
