@@ -101,6 +101,12 @@ def _actor_args(compute: ComputeConfig) -> dict:
     return args
 
 
+def _io_pool(compute: ComputeConfig):
+    import ray
+
+    return ray.data.TaskPoolStrategy(size=compute.max_io_tasks)
+
+
 def _shard_dataset(specs: list[str]):
     import ray
 
@@ -118,7 +124,7 @@ def stream_encode(shards: list[WorkShard], config: EncodeJobConfig) -> Iterator[
     actor["fn_constructor_kwargs"]["model"] = config.model
     ds = _shard_dataset([s.to_json() for s in shards])
     ds = ds.map_batches(read_and_decode, fn_kwargs={"max_pixels": config.max_pixels}, num_cpus=compute.io_cpus,
-                        concurrency=compute.max_io_tasks, batch_format="numpy")
+                        compute=_io_pool(compute), batch_format="numpy")
     ds = ds.map_batches(EncodeImages, **actor)
     yield from _results(ds)
 
@@ -130,9 +136,9 @@ def stream_decode(shards: list[ArchiveShard], config: DecodeJobConfig, model: st
     actor["fn_constructor_kwargs"]["model"] = model
     ds = _shard_dataset([s.to_json() for s in shards])
     ds = ds.map_batches(read_archive_rows, fn_kwargs={"keys": config.keys, "where": config.where},
-                        num_cpus=compute.io_cpus, concurrency=compute.max_io_tasks, batch_format="numpy")
+                        num_cpus=compute.io_cpus, compute=_io_pool(compute), batch_format="numpy")
     ds = ds.map_batches(DecodeRecords, **actor)
     ds = ds.map_batches(write_images, fn_kwargs={"output": config.output, "image_format": config.image_format,
                                                  "quality": config.quality},
-                        num_cpus=compute.io_cpus, concurrency=compute.max_io_tasks, batch_format="numpy")
+                        num_cpus=compute.io_cpus, compute=_io_pool(compute), batch_format="numpy")
     yield from _results(ds)

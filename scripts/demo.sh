@@ -27,6 +27,6 @@ for name, pixels in photos.items():
 print(f"wrote {len(photos)} sample photos to {folder}/")
 PY
 
-.venv/bin/sprdiff encode-job --input "$DEMO/photos" --output "$DEMO/archive" --model "$MODEL"
+.venv/bin/sprdiff encode-job --input "$DEMO/photos" --output "$DEMO/archive" --model "$MODEL" --shard-size 4
 .venv/bin/sprdiff decode-job --input "$DEMO/archive" --output "$DEMO/decoded"
 echo "archive: $DEMO/archive/part-*.parquet   decoded images: $DEMO/decoded/*.png"

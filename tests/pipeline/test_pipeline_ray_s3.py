@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 
 import boto3
@@ -36,9 +37,11 @@ def ray_two_cpus(s3_endpoint, tmp_path_factory):
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    with ray_runner.ray_session(num_cpus=2, temp_dir=f"/tmp/sprdiff-test-ray-{uuid.uuid4().hex[:8]}"):
+    temp_dir = f"/tmp/sprdiff-test-ray-{uuid.uuid4().hex[:8]}"
+    with ray_runner.ray_session(num_cpus=2, temp_dir=temp_dir):
         yield
     assert not ray.is_initialized()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def fs() -> s3fs.S3FileSystem:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +49,14 @@ def _kill_tree(proc: subprocess.Popen, family: list[psutil.Process]) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(family, timeout=30)
+
+
+@pytest.fixture
+def ray_dir():
+    """A temp dir for the local Ray of the commands under test, removed afterwards."""
+    path = f"/tmp/sprdiff-resume-{uuid.uuid4().hex[:8]}"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -104,11 +113,10 @@ def _check_exactly_once(archive: str, images: dict[str, np.ndarray], tiny_model,
     return stats
 
 
-def test_a_killed_encode_job_resumes_exactly_once(corpus, tiny_model, tmp_path):
+def test_a_killed_encode_job_resumes_exactly_once(corpus, tiny_model, tmp_path, ray_dir):
     source, images = corpus
     archive = source.replace("/in", "/killed-driver")
     total_shards = (len(images) + 1 + 1) // 2
-    ray_dir = f"/tmp/sprdiff-resume-{uuid.uuid4().hex[:8]}"
     command = _command(source, archive, ray_dir)
     proc, family = _start_and_wait_for_a_part(command, tmp_path / "killed.log", archive.removeprefix("s3://"))
     _kill_tree(proc, family)  # SIGKILL to the driver's group, then to every Ray process it had started
@@ -128,11 +136,11 @@ def test_a_killed_encode_job_resumes_exactly_once(corpus, tiny_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_killing_the_codec_actor_loses_and_duplicates_nothing(corpus, tiny_model, tmp_path):
+def test_killing_the_codec_actor_loses_and_duplicates_nothing(corpus, tiny_model, tmp_path, ray_dir):
     source, images = corpus
     archive = source.replace("/in", "/killed-actor")
     total_shards = (len(images) + 1 + 1) // 2
-    command = _command(source, archive, f"/tmp/sprdiff-resume-{uuid.uuid4().hex[:8]}")
+    command = _command(source, archive, ray_dir)
     proc, family = _start_and_wait_for_a_part(command, tmp_path / "actor.log", archive.removeprefix("s3://"))
     try:
         actors = [p for p in family if "EncodeImages" in " ".join(p.cmdline())]
