@@ -38,7 +38,7 @@ from pipeline.collect import ShardCollector
 from pipeline.config import DecodeJobConfig
 from pipeline.decode_stages import ArchiveShard, check_where, plan_archive, tar_bytes
 from pipeline.schema import ARCHIVE_VERSION, MANIFEST_COLUMNS
-from pipeline.stats import RunInfo, decode_stats, format_summary
+from pipeline.stats import RunInfo, decode_stats, format_summary, shard_progress
 from pipeline.storage import Location, redact_uri
 
 DecodeStream = Callable[[list[ArchiveShard], DecodeJobConfig, str], Iterable[pa.Table]]
@@ -91,10 +91,8 @@ def run_decode_job(config: DecodeJobConfig, stream: DecodeStream, *, log: Callab
                           {"input": shard.uri, "model_source": redact_uri(model)})
             written += 1
             rows_run += table.num_rows
-            ok = sum(1 for s in table.column("status").to_pylist() if s == "ok")
-            elapsed = time.monotonic() - pipeline_start
-            log(f"decode-job: {shard.name} {table.num_rows} rows ({ok} ok) | {written}/{len(pending)} shards, "
-                f"{rows_run} images, {rows_run / elapsed:.2f} images/s")
+            log(shard_progress("decode-job", shard.name, table, written, len(pending), rows_run,
+                               time.monotonic() - pipeline_start))
     if written != len(pending):
         raise RuntimeError(f"the pipeline ended with {len(pending) - written} of {len(pending)} shards incomplete: "
                            f"rerun the same command to finish them")

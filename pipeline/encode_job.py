@@ -28,7 +28,7 @@ from pipeline.collect import ShardCollector
 from pipeline.config import EncodeJobConfig
 from pipeline.inputs import WorkShard, plan_inputs
 from pipeline.schema import ARCHIVE_COLUMNS, ARCHIVE_VERSION
-from pipeline.stats import RunInfo, encode_stats, format_summary
+from pipeline.stats import RunInfo, encode_stats, format_summary, shard_progress
 from pipeline.storage import Location, redact_uri
 from sprdiff import FORMAT_VERSION
 
@@ -69,10 +69,8 @@ def run_encode_job(config: EncodeJobConfig, stream: EncodeStream, *, log: Callab
             write_parquet(out, f"{shard.name}.parquet", table, ARCHIVE_COLUMNS, metadata)
             written += 1
             rows_run += table.num_rows
-            ok = sum(1 for s in table.column("status").to_pylist() if s == "ok")
-            elapsed = time.monotonic() - pipeline_start
-            log(f"encode-job: {shard.name}.parquet {table.num_rows} rows ({ok} ok) | {written}/{len(pending)} "
-                f"shards, {rows_run} images, {rows_run / elapsed:.2f} images/s")
+            log(shard_progress("encode-job", f"{shard.name}.parquet", table, written, len(pending), rows_run,
+                               time.monotonic() - pipeline_start))
     if written != len(pending):
         raise RuntimeError(f"the pipeline ended with {len(pending) - written} of {len(pending)} shards incomplete "
                            f"({collector.pending} partly received): rerun the same command to finish them")

@@ -103,3 +103,11 @@ def format_summary(stats: dict) -> str:
         f"  this run    {run['rows_this_run']} images in {run['wall_s']:.1f} s: {stats['images_per_s']:.2f} images/s "
         f"({stats['images_per_s_pipeline']:.2f} images/s after start-up)",
     ])
+
+
+def shard_progress(job: str, shard: str, table: pa.Table, written: int, total: int, rows_run: int,
+                   elapsed_s: float) -> str:
+    """The per-shard progress line both jobs print as parts land."""
+    ok = sum(1 for s in table.column("status").to_pylist() if s == "ok")
+    return (f"{job}: {shard} {table.num_rows} rows ({ok} ok) | {written}/{total} shards, "
+            f"{rows_run} images, {rows_run / elapsed_s:.2f} images/s")

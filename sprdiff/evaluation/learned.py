@@ -104,10 +104,35 @@ def _copy_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], path:
     module.load_state_dict(state, strict=strict)
 
 
-class LPIPSMetric:
+class _PairwiseNetMetric:
+    """What LPIPS and DISTS share: a minimum image side, and scoring a uint8 pair on the device."""
+
+    min_side: int
+    label: str
+
+    def unavailable(self, height: int, width: int) -> str | None:
+        if min(height, width) < self.min_side:
+            return f"{self.label} needs a shorter side of at least {self.min_side} px (image is {width}x{height})"
+        return None
+
+    @torch.no_grad()
+    def __call__(self, reference: np.ndarray, test: np.ndarray) -> float:
+        check_pair(reference, test)
+        if self.unavailable(*reference.shape[:2]):
+            return math.nan
+        x = to_tensor(reference, scale=1 / 255).to(self.device)
+        y = to_tensor(test, scale=1 / 255).to(self.device)
+        return float(self._score(x, y))
+
+    def _score(self, reference: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class LPIPSMetric(_PairwiseNetMetric):
     """LPIPS with the AlexNet trunk (the paper's choice), weights from a local file."""
 
     name = "lpips"
+    label, min_side = "LPIPS", LPIPS_MIN_SIDE
 
     def __init__(self, weights_path: str | Path, device: str | torch.device = "cpu"):
         import lpips
@@ -125,19 +150,8 @@ class LPIPSMetric:
         self.device = torch.device(device)
         self.weights_path = str(path)
 
-    def unavailable(self, height: int, width: int) -> str | None:
-        if min(height, width) < LPIPS_MIN_SIDE:
-            return f"LPIPS needs a shorter side of at least {LPIPS_MIN_SIDE} px (image is {width}x{height})"
-        return None
-
-    @torch.no_grad()
-    def __call__(self, reference: np.ndarray, test: np.ndarray) -> float:
-        check_pair(reference, test)
-        if self.unavailable(*reference.shape[:2]):
-            return math.nan
-        x = to_tensor(reference, scale=1 / 255).to(self.device)
-        y = to_tensor(test, scale=1 / 255).to(self.device)
-        return float(self.model(y, x, normalize=True).item())
+    def _score(self, reference: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
+        return self.model(test, reference, normalize=True).item()
 
 
 @contextlib.contextmanager
@@ -177,10 +191,11 @@ def build_dists_module() -> torch.nn.Module:
     return module
 
 
-class DISTSMetric:
+class DISTSMetric(_PairwiseNetMetric):
     """DISTS (Ding et al. 2020, the authors' implementation), VGG16 weights from a local file."""
 
     name = "dists"
+    label, min_side = "DISTS", DISTS_MIN_SIDE
 
     def __init__(self, weights_path: str | Path, device: str | torch.device = "cpu"):
         path = Path(weights_path).expanduser()
@@ -192,16 +207,5 @@ class DISTSMetric:
         self.device = torch.device(device)
         self.weights_path = str(path)
 
-    def unavailable(self, height: int, width: int) -> str | None:
-        if min(height, width) < DISTS_MIN_SIDE:
-            return f"DISTS needs a shorter side of at least {DISTS_MIN_SIDE} px (image is {width}x{height})"
-        return None
-
-    @torch.no_grad()
-    def __call__(self, reference: np.ndarray, test: np.ndarray) -> float:
-        check_pair(reference, test)
-        if self.unavailable(*reference.shape[:2]):
-            return math.nan
-        x = to_tensor(reference, scale=1 / 255).to(self.device)
-        y = to_tensor(test, scale=1 / 255).to(self.device)
-        return float(self.model(x, y).item())
+    def _score(self, reference: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
+        return self.model(reference, test).item()
