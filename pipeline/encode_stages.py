@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from pipeline.inputs import SourceItem, WorkShard, read_shard
+from pipeline.inputs import SourceItem, WorkShard, max_file_bytes, read_shard
 from sprdiff import FORMAT_VERSION, SPRDiffError, load_image
 from sprdiff.errors import ImageError
 
@@ -74,7 +74,7 @@ def read_and_decode(batch: dict[str, np.ndarray], *, max_pixels: int,
         shard = WorkShard.from_json(spec)
         rows: list[dict] = []
         count = 0
-        for item in read_shard(shard):
+        for item in read_shard(shard, max_bytes=max_file_bytes(max_pixels)):
             rows.append({**decode_item(item, max_pixels=max_pixels), "_shard": shard.index, "_item": count,
                          "_shard_rows": 0})
             count += 1

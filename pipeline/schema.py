@@ -32,7 +32,7 @@ ARCHIVE_COLUMNS: tuple[Column, ...] = (
            "extension, or <shard>/<member> for tar and Parquet inputs"),
     Column("source_uri", pa.string(), False, "URI of the input file (for tar/Parquet inputs: the shard file)"),
     Column("status", pa.string(), False, "'ok', or the error class: empty, not_image, truncated, unreadable, "
-           "too_large, read_error, no_image, or a codec error status"),
+           "too_large, read_error, no_image, wrong_type, duplicate_key, or a codec error status"),
     Column("error", pa.string(), True, "human-readable message when status is not 'ok', else null"),
     Column("width", pa.int32(), True, "image width in pixels (null when the image could not be read)"),
     Column("height", pa.int32(), True, "image height in pixels (null when the image could not be read)"),

@@ -5,19 +5,22 @@ Conversion rule (documented in the README, applied to every input):
 * the EXIF orientation tag is applied, so pixels are stored upright;
 * animated images (GIF, APNG, WebP): the first frame;
 * 16-bit and 32-bit integer images are scaled to 8 bits (``round(v * 255 / max)``,
-  max = 65535 for 16-bit modes); float images are clipped to [0, 1] and scaled;
+  max = 65535 for 16-bit modes); float images are clipped to [0, 1] and scaled; 16-bit-per-channel
+  RGB(A) PNGs are the exception: Pillow's decoder keeps the high byte (``v >> 8``, within one level);
 * grayscale is replicated to three channels; palette images are expanded;
   CMYK and YCbCr/LAB are converted to RGB by Pillow;
 * any alpha channel is composited over opaque **white** (what a viewer shows on a page);
 * the result is a ``(H, W, 3)`` ``uint8`` array, H, W >= 1.
 
 Size is checked from the header *before* pixels are decoded, so a decompression bomb
-never allocates its memory.
+never allocates its memory. Pillow's own guard refuses headers over ``2 * Image.MAX_IMAGE_PIXELS``
+(178,956,970 pixels by default) whatever ``max_pixels`` says: that is the effective ceiling.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -40,18 +43,47 @@ def load_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
         raise TypeError(f"load_image takes the file's bytes, got {type(data).__name__}")
     if len(data) == 0:
         raise ImageError("empty file (0 bytes)", status="empty")
+    data = bytes(data)
     try:
         with warnings.catch_warnings():
             # Pillow warns, then raises, past its own bomb limit; we apply ours first.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(bytes(data)))
+            img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ImageError("not an image: no decoder recognises the bytes", status="not_image") from None
+        kind, cut = _signature(data), _truncation(data)
+        if cut:
+            raise ImageError(cut, status="truncated") from None
+        if kind is None:
+            raise ImageError("not an image: no decoder recognises the bytes", status="not_image") from None
+        raise ImageError(f"unreadable image header: the file starts like a {kind} but its header cannot be "
+                         f"parsed (damaged or cut short)", status="unreadable") from None
     except Image.DecompressionBombError as e:
         raise ImageError(f"too large: {e}", status="too_large") from None
     except Exception as e:  # noqa: BLE001 - any parser failure is a property of the data
-        raise ImageError(f"unreadable image header: {e}", status="unreadable") from None
+        cut = _truncation(data)
+        status = "truncated" if cut or "truncated" in str(e).lower() else "unreadable"
+        raise ImageError(cut or f"{status} image header: {e}", status=status) from None
     return to_rgb_array(img, max_pixels=max_pixels)
+
+
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _signature(data: bytes) -> str | None:
+    """The format a file's first bytes claim, for messages about files no decoder accepts."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
+
+
+def _truncation(data: bytes) -> str | None:
+    """A message when the container declares more bytes than the file has (WebP's RIFF size)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 8:
+        declared = struct.unpack("<I", data[4:8])[0] + 8
+        if declared > len(data):
+            return f"truncated: the WebP (RIFF) header declares {declared:,} bytes, the file has {len(data):,}"
+    return None
 
 
 def to_rgb_array(img: Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -125,3 +125,17 @@ def test_truncated_png_and_jpeg():
         with pytest.raises(ImageError) as e:
             load_image(data[: len(data) // 2])
         assert e.value.status in ("truncated", "unreadable"), fmt
+
+
+def test_damaged_headers_say_what_the_file_claims_to_be():
+    webp = _save(Image.new("RGB", (32, 32), (9, 99, 199)), "WEBP")
+    with pytest.raises(ImageError, match="RIFF.*declares") as e:
+        load_image(webp[: len(webp) // 2])  # Pillow only says "could not create decoder object"
+    assert e.value.status == "truncated"
+    with pytest.raises(ImageError, match="starts like a PNG") as e:
+        load_image(b"\x89PNG\r\n\x1a\n")
+    assert e.value.status == "unreadable"
+    png = _save(Image.new("RGB", (32, 32)))
+    with pytest.raises(ImageError, match="truncated image header") as e:
+        load_image(png[:20])  # cut inside IHDR
+    assert e.value.status == "truncated"

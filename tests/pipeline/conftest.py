@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import uuid
+
 import numpy as np
 import pytest
 from pipeline_testing import png_bytes
@@ -33,3 +37,18 @@ def bad_files(small_images) -> dict[str, tuple[bytes, str]]:
         "text.png": (b"this is not an image\n" * 10, "not_image"),
         "big.png": (png_bytes(np.zeros((300, 300, 3), np.uint8)), "too_large"),  # with MAX_PIXELS
     }
+
+
+@pytest.fixture(scope="module")
+def ray_two_cpus(s3_endpoint):
+    """One local Ray (2 CPUs) per test module, started after the S3 variables are set so workers inherit them."""
+    import ray
+
+    from pipeline import ray_runner
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    temp_dir = f"/tmp/sprdiff-test-ray-{uuid.uuid4().hex[:8]}"
+    with ray_runner.ray_session(num_cpus=2, temp_dir=temp_dir):
+        yield
+    assert not ray.is_initialized()
+    shutil.rmtree(temp_dir, ignore_errors=True)

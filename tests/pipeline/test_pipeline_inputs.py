@@ -77,8 +77,9 @@ def test_a_truncated_tar_keeps_the_samples_before_the_damage(tmp_path, small_ima
     (tmp_path / "broken.tar").write_bytes(data[: len(data) * 2 // 3])
     [shard] = plan_inputs(str(tmp_path)).shards
     items = list(read_shard(shard))
-    assert [i.status for i in items[:-1]] == ["ok"] * (len(items) - 1) and len(items) >= 2
-    assert items[-1].key == "broken" and items[-1].status == "read_error"
+    assert [(i.key, i.status) for i in items] == [("broken/s0", "ok"), ("broken/s1", "ok"),
+                                                  ("broken/s2", "read_error"), ("broken", "read_error")]
+    assert "breaks off" in items[2].error and "after 3 sample" in items[3].error
     with tarfile.open(fileobj=io.BytesIO(data)) as t:
         assert len(t.getmembers()) == 3
 
@@ -107,3 +108,30 @@ def test_parquet_struct_images_nulls_and_row_numbers(tmp_path, small_images):
     assert (b.key, b.status) == ("hf/00000001", "empty")
     with pytest.raises(ValueError, match="not in the Parquet schema"):
         plan_inputs(str(tmp_path), image_column="nope")
+
+
+def test_unusable_parquet_tables_become_status_rows(tmp_path, small_images):
+    img = png_bytes(small_images["img-00"])
+    pq.write_table(pa.table({"key": ["a"], "image": [img]}), tmp_path / "good.parquet")
+    pq.write_table(pa.table({"key": ["b", "c"], "image": pa.array([2**40, 1], pa.int64())}), tmp_path / "ints.parquet")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    for plan in (plan_inputs(str(tmp_path)), plan_inputs(str(tmp_path), image_column="image")):
+        items = [i for s in plan.shards for i in read_shard(s)]  # never bytes(2**40): a terabyte of zeros
+        assert [(i.key, i.status) for i in items] == [("good/a", "ok"), ("ints/b", "wrong_type"),
+                                                      ("ints/c", "wrong_type"), ("junk", "read_error")]
+        assert "holds int64" in items[1].error and "ints.parquet" in items[1].error
+        assert "not a readable Parquet file" in items[3].error and "junk.parquet" in items[3].error
+    # no table usable at all: the command is wrong, and planning says so before any work
+    with pytest.raises(ValueError, match="no usable Parquet table.*image column 'key' holds string"):
+        plan_inputs(str(tmp_path), image_column="key")
+    (tmp_path / "good.parquet").unlink()
+    with pytest.raises(ValueError, match="no usable Parquet table.*ints.parquet.*holds int64"):
+        plan_inputs(str(tmp_path))
+
+
+def test_files_over_the_read_limit_are_not_read(tmp_path, small_images):
+    write_folder(tmp_path, {"a.png": png_bytes(small_images["img-00"]), "b.png": b"x" * 5000})
+    [shard] = plan_inputs(str(tmp_path)).shards
+    a, b = read_shard(shard, max_bytes=4096)
+    assert a.status == "ok" and (b.status, b.data) == ("too_large", None)
+    assert "5,000 bytes, over the 4,096-byte read limit" in b.error

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 
 import boto3
@@ -11,17 +10,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import s3fs
 from PIL import Image
-from pipeline_testing import MAX_PIXELS, make_tar, png_bytes
+from pipeline_testing import COMPUTE, MAX_PIXELS, fs, make_tar, png_bytes, read_archive
 
 from jobs.cli import main as sprdiff_cli
 from pipeline import ray_runner
 from pipeline.config import ComputeConfig, DecodeJobConfig, EncodeJobConfig
 from pipeline.decode_job import run_decode_job
 from pipeline.encode_job import run_encode_job
-
-COMPUTE = ComputeConfig(actors=1, cpus_per_actor=1, threads_per_actor=1)
 
 
 @pytest.fixture(scope="module")
@@ -32,23 +28,6 @@ def bucket(s3_endpoint) -> str:
 
 
 @pytest.fixture(scope="module")
-def ray_two_cpus(s3_endpoint, tmp_path_factory):
-    """One local Ray for the module, started after the S3 variables are set so workers inherit them."""
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    temp_dir = f"/tmp/sprdiff-test-ray-{uuid.uuid4().hex[:8]}"
-    with ray_runner.ray_session(num_cpus=2, temp_dir=temp_dir):
-        yield
-    assert not ray.is_initialized()
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def fs() -> s3fs.S3FileSystem:
-    return s3fs.S3FileSystem(skip_instance_cache=True)
-
-
-@pytest.fixture(scope="module")
 def s3_photos(bucket, small_images, bad_files) -> str:
     s3 = fs()
     for key, pixels in small_images.items():
@@ -56,15 +35,6 @@ def s3_photos(bucket, small_images, bad_files) -> str:
     for name, (data, _) in bad_files.items():
         s3.pipe_file(f"{bucket}/photos/{name}", data)
     return f"s3://{bucket}/photos"
-
-
-def read_archive(uri: str) -> dict[str, dict]:
-    s3 = fs()
-    paths = sorted(s3.glob(uri.removeprefix("s3://") + "/part-*.parquet"))
-    table = pa.concat_tables([pq.read_table(p, filesystem=s3) for p in paths])
-    keys = table.column("key").to_pylist()
-    assert len(keys) == len(set(keys)), "a key appears twice"
-    return {r["key"]: r for r in table.to_pylist()}
 
 
 def quiet(_: str) -> None:

@@ -1,4 +1,5 @@
-"""Kill a running ``sprdiff encode-job`` (SIGKILL to the whole process group), rerun it, check exactly-once."""
+"""Kill a running ``sprdiff encode-job`` (SIGKILL to the whole process group, or to its codec actors
+several times and then to the driver), rerun it, check exactly-once and byte-identical bitstreams."""
 
 from __future__ import annotations
 
@@ -59,22 +60,31 @@ def ray_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def corpus(s3_endpoint, sample_images) -> tuple[str, dict[str, np.ndarray]]:
-    """12 photos and one broken PNG in a fresh bucket: ``(s3://bucket/in, images)``."""
-    bucket = f"resume-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+def _upload(prefix: str, images: dict[str, np.ndarray]) -> str:
     s3 = s3fs.S3FileSystem(skip_instance_cache=True)
-    images = _images(sample_images)
     for key, pixels in images.items():
-        s3.pipe_file(f"{bucket}/in/{key}.png", png_bytes(pixels))
-    s3.pipe_file(f"{bucket}/in/zz-broken.png", b"\x89PNG\r\n\x1a\n broken")
-    return f"s3://{bucket}/in", images
+        s3.pipe_file(f"{prefix}/{key}.png", png_bytes(pixels))
+    s3.pipe_file(f"{prefix}/zz-broken.png", b"\x89PNG\r\n\x1a\n broken")
+    return f"s3://{prefix}"
 
 
-def _command(source: str, archive: str, ray_dir: str) -> list[str]:
+@pytest.fixture(scope="module")
+def bucket(s3_endpoint) -> str:
+    name = f"resume-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def corpus(bucket, sample_images) -> tuple[str, dict[str, np.ndarray]]:
+    """12 photos and one broken PNG in a fresh bucket: ``(s3://bucket/in, images)``."""
+    images = _images(sample_images)
+    return _upload(f"{bucket}/in", images), images
+
+
+def _command(source: str, archive: str, ray_dir: str, shard_size: int = 2) -> list[str]:
     return [sys.executable, "-m", "jobs.cli", "encode-job", "--input", source, "--output", archive,
-            "--shard-size", "2", "--num-cpus", "2", "--actors", "1", "--ray-temp-dir", ray_dir]
+            "--shard-size", str(shard_size), "--num-cpus", "2", "--actors", "1", "--ray-temp-dir", ray_dir]
 
 
 def _start_and_wait_for_a_part(command: list[str], log_path, archive: str) -> tuple[subprocess.Popen, list]:
@@ -135,23 +145,72 @@ def test_a_killed_encode_job_resumes_exactly_once(corpus, tiny_model, tmp_path, 
     assert stats["run"]["shards_written"] == total_shards - len(killed_parts)
 
 
+def _wait(condition, what: str, proc: subprocess.Popen, log_path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{what} (job exit code {proc.poll()}): " + open(log_path).read()[-3000:])
+        time.sleep(0.05)
+
+
+def _codec_actors(proc: subprocess.Popen, family: dict[int, psutil.Process]) -> list[psutil.Process]:
+    """The live codec actor processes of the job (adding every process seen to ``family``)."""
+    found = []
+    for p in psutil.Process(proc.pid).children(recursive=True):
+        family.setdefault(p.pid, p)
+        try:
+            if "EncodeImages" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.Error:
+            pass  # gone meanwhile
+    return found
+
+
+ACTOR_KILLS = 3
+
+
 @pytest.mark.slow
-def test_killing_the_codec_actor_loses_and_duplicates_nothing(corpus, tiny_model, tmp_path, ray_dir):
-    source, images = corpus
-    archive = source.replace("/in", "/killed-actor")
-    total_shards = (len(images) + 1 + 1) // 2
-    command = _command(source, archive, ray_dir)
-    proc, family = _start_and_wait_for_a_part(command, tmp_path / "actor.log", archive.removeprefix("s3://"))
+def test_killing_codec_actors_then_the_driver_loses_and_duplicates_nothing(bucket, sample_images, tiny_model,
+                                                                          tmp_path, ray_dir):
+    """SIGKILL the codec actor three times, each time once its replacement has written a part, then
+    SIGKILL the driver; the rerun finishes with every key once and the bitstreams of an undisturbed encode."""
+    images = {f"{key}-{copy}": pixels for key, pixels in _images(sample_images).items() for copy in "ab"}
+    source = _upload(f"{bucket}/many", images)  # 25 one-image shards: room for three actor restarts
+    archive = f"s3://{bucket}/killed-actors"
+    bucket_path = archive.removeprefix("s3://")
+    total_shards = len(images) + 1  # one input per shard: a part after each image
+    command = _command(source, archive, ray_dir, shard_size=1)
+    log_path = tmp_path / "actors.log"
+    proc, started = _start_and_wait_for_a_part(command, log_path, bucket_path)
+    s3 = s3fs.S3FileSystem(skip_instance_cache=True)
+    family = {p.pid: p for p in started}
+    killed: list[int] = []
+    parts_at_kills: list[int] = []
     try:
-        actors = [p for p in family if "EncodeImages" in " ".join(p.cmdline())]
-        assert actors, [p.cmdline() for p in family]
-        for p in actors:
-            p.kill()
-        rc = proc.wait(timeout=600)  # Ray restarts the actor and retries the lost work, or the run fails
+        for _ in range(ACTOR_KILLS):
+            _wait(lambda: any(p.pid not in killed for p in _codec_actors(proc, family)), "no live codec actor",
+                  proc, log_path)
+            parts_before = len(_parts(s3, bucket_path))
+            parts_at_kills.append(parts_before)
+            for actor in _codec_actors(proc, family):
+                actor.kill()
+                killed.append(actor.pid)
+            # Ray starts a new actor and retries the lost batch: wait until the job makes progress again
+            _wait(lambda n=parts_before: len(_parts(s3, bucket_path)) > n, "no progress after an actor kill",
+                  proc, log_path)
+        parts_at_driver_kill = len(_parts(s3, bucket_path))
+        assert proc.poll() is None and parts_at_driver_kill < total_shards, "the job finished before the driver kill"
+        _codec_actors(proc, family)
     finally:
-        _kill_tree(proc, family)
-    if rc != 0:
-        done = subprocess.run(command, cwd=REPO, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    _check_exactly_once(archive, images, tiny_model, total_shards)
+        _kill_tree(proc, list(family.values()))  # the driver kill (SIGKILL to its group), and every Ray process
+    assert len(set(killed)) >= ACTOR_KILLS
+    assert not [p for p in s3.find(bucket_path) if "tmp" in p.rsplit("/", 1)[1]]
+
+    done = subprocess.run(command, cwd=REPO, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    stats = _check_exactly_once(archive, images, tiny_model, total_shards)
+    assert stats["run"]["shards_done_before"] >= parts_at_driver_kill
+    assert stats["run"]["shards_done_before"] + stats["run"]["shards_written"] == total_shards
+    print(f"actor kills with {parts_at_kills} of {total_shards} parts written, driver kill with "
+          f"{stats['run']['shards_done_before']}; the rerun wrote {stats['run']['shards_written']}")
