@@ -19,16 +19,21 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
                         help="training crop size: shorter images are upscaled to it (default: 512)")
     shards.add_argument("--per-shard", type=int, default=256, help="samples per shard (default: 256)")
     shards.add_argument("--threads", type=int, default=8, help="images read and checked in parallel (default: 8)")
+    shards.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                        help="leave out files whose path relative to --input matches GLOB, e.g. held-out "
+                             "validation images (repeatable)")
     shards.set_defaults(run=run_make_shards)
 
-    train = subparsers.add_parser("train", help="train stage 1 or 2 with Ray Train (DDP) from WebDataset shards")
-    train.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    train = subparsers.add_parser("train", help="train a stage with Ray Train (DDP) from WebDataset shards")
+    train.add_argument("--stage", type=int, choices=(0, 1, 2), required=True,
+                       help="0: pretrain the VAE, distortion codec and semantic encoder (models built without "
+                            "outside weights); 1, 2: the paper's two codec stages")
     train.add_argument("--data", required=True, help="URI prefix of the tar shards (local or s3://)")
     train.add_argument("--output", required=True,
                        help="URI for checkpoints/, metrics.jsonl and the exported model/ (local or s3://)")
     train.add_argument("--model", default=None,
-                       help="preset or model dir/URI to start from (stage 1: the config's 'model'; stage 2: the "
-                            "stage-1 run's OUTPUT/model, required)")
+                       help="preset or model dir/URI to start from (stages 0-1: the config's 'model'; stage 2: "
+                            "the stage-1 run's OUTPUT/model, required)")
     train.add_argument("--config", default=None, help=f"JSON file merged over {DEFAULT_CONFIG.name}")
     train.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks) (default: 1)")
     train.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker; 0 trains on CPU")
@@ -53,13 +58,21 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
 def run_make_shards(args: argparse.Namespace) -> int:
     from pipeline.shards import make_shards
 
-    stats = make_shards(args.input, args.output, crop=args.crop, per_shard=args.per_shard, threads=args.threads)
+    stats = make_shards(args.input, args.output, crop=args.crop, per_shard=args.per_shard, threads=args.threads,
+                        exclude=tuple(args.exclude))
     summary = {"output": args.output, "samples": stats.written, "shards": len(stats.shards),
                "upscaled": stats.upscaled, "skipped": dict(stats.skipped)}
     print(json.dumps(summary))
     for error in stats.errors:
         print(f"skipped {error['source_uri']}: {error['status']}: {error['error']}", file=sys.stderr)
     return 0
+
+
+def absolute_if_local(uri: str) -> str:
+    """Relative local paths made absolute: Ray workers run in their own working directory."""
+    if "://" in uri:
+        return uri
+    return str(Path(uri).expanduser().resolve())
 
 
 def build_run_spec(args: argparse.Namespace):
@@ -71,11 +84,19 @@ def build_run_spec(args: argparse.Namespace):
     overrides = {"vgg_weights": args.vgg_weights, "data.crop": args.crop, "data.batch_size": args.batch_size,
                  "checkpoint_every": args.checkpoint_every}
     config = config.with_overrides({k: v for k, v in overrides.items() if v is not None})
-    stage = config.stage(args.stage)
-    model = args.model or (config.model if args.stage == 1 else None)
+    model = args.model or (config.model if args.stage in (0, 1) else None)
     if model is None:
         raise ValueError("stage 2 starts from a stage-1 model: pass --model OUTPUT/model of the stage-1 run")
-    if config.vgg_weights is None:
+    if Path(model).exists():  # a local model directory, not a preset name
+        model = absolute_if_local(model)
+    args.data, args.output = absolute_if_local(args.data), absolute_if_local(args.output)
+    if args.stage == 0:
+        if args.lambda_rate is not None:
+            raise ValueError("stage 0 has no λ_b: its distortion codec's λ is stage0.distortion_lambda in the config")
+        return RunSpec(stage=0, data_uri=args.data, output_uri=args.output, model=model, lambda_rate=0.0,
+                       steps=args.steps if args.steps is not None else config.stage0.steps, config=config.to_dict())
+    stage = config.stage(args.stage)
+    if config.vgg_weights is None and stage.weights.perceptual > 0:
         raise ValueError(MISSING_VGG_MESSAGE)
     return RunSpec(stage=args.stage, data_uri=args.data, output_uri=args.output, model=model,
                    lambda_rate=args.lambda_rate if args.lambda_rate is not None else stage.lambda_rate,

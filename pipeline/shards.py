@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -69,8 +70,9 @@ def sample_key(relative_path: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", stem)
 
 
-def find_images(input_uri: str) -> list[SourceImage]:
-    """Image files under ``input_uri`` with their stable keys, sorted by key."""
+def find_images(input_uri: str, exclude: tuple[str, ...] = ()) -> list[SourceImage]:
+    """Image files under ``input_uri`` with their stable keys, sorted by key. ``exclude``: glob
+    patterns matched against each file's path relative to ``input_uri`` (e.g. held-out images)."""
     fs, root = fsspec.core.url_to_fs(input_uri)
     if not fs.exists(root):
         raise FileNotFoundError(f"no such input: {input_uri}")
@@ -82,6 +84,8 @@ def find_images(input_uri: str) -> list[SourceImage]:
         if suffix not in IMAGE_SUFFIXES:
             continue
         relative = PurePosixPath(path).name if path == root else path[len(root) + 1:]
+        if any(fnmatch.fnmatchcase(relative, pattern) for pattern in exclude):
+            continue
         found.setdefault(sample_key(relative), []).append((relative, fs.unstrip_protocol(path), IMAGE_SUFFIXES[suffix]))
     images = []
     for key, entries in found.items():
@@ -134,10 +138,11 @@ def _result(image: SourceImage, future: Future):
 
 
 def make_shards(input_uri: str, output_uri: str, *, crop: int = 512, per_shard: int = 256,
-                max_pixels: int = DEFAULT_MAX_PIXELS, threads: int = 8, log=print) -> ShardStats:
+                max_pixels: int = DEFAULT_MAX_PIXELS, threads: int = 8, exclude: tuple[str, ...] = (),
+                log=print) -> ShardStats:
     if crop < 1 or per_shard < 1 or threads < 1:
         raise ValueError(f"crop, per_shard and threads must be >= 1, got {crop}, {per_shard}, {threads}")
-    images = find_images(input_uri)
+    images = find_images(input_uri, exclude)
     if not images:
         raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {input_uri}")
     fs, root = fsspec.core.url_to_fs(output_uri)

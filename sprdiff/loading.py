@@ -18,7 +18,7 @@ from sprdiff import components, storage
 from sprdiff.config import CONFIG_NAME, WEIGHTS_NAME, SPRDiffConfig
 from sprdiff.entropy import TABLE_BUFFERS
 from sprdiff.model import SPRDiff
-from sprdiff.presets import PRESETS
+from sprdiff.presets import PRESETS, RETRAIN_HINT, SHIPPED_MODELS
 
 
 def build(config: SPRDiffConfig, *, use_sources: bool, cache_dir: Path | None = None) -> SPRDiff:
@@ -63,16 +63,27 @@ def from_pretrained(name_or_uri: str, *, cache_dir: Path | None = None,
     if name_or_uri in PRESETS:
         config = PRESETS[name_or_uri]()
         return build(config, use_sources=config.init_seed is None, cache_dir=cache_dir).to(device)
+    if name_or_uri in SHIPPED_MODELS:
+        path = SHIPPED_MODELS[name_or_uri]
+        if not (path / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"the shipped model {name_or_uri!r} is missing from {path} (a partial checkout, or "
+                                    f"an install without package data): reinstall, or retrain it with "
+                                    f"`{RETRAIN_HINT[name_or_uri]}`")
+        return _load_directory(path).to(device)
     path = storage.local_path(name_or_uri)
     if path is None and storage.is_remote_uri(name_or_uri):
         path = storage.fetch(name_or_uri, cache_dir)
     if path is None or not (path / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{name_or_uri!r} is not a preset ({', '.join(PRESETS)}) nor a directory with "
-                                f"{CONFIG_NAME} and {WEIGHTS_NAME}")
+        raise FileNotFoundError(f"{name_or_uri!r} is not a preset ({', '.join([*PRESETS, *SHIPPED_MODELS])}) nor a "
+                                f"directory with {CONFIG_NAME} and {WEIGHTS_NAME}")
+    return _load_directory(path).to(device)
+
+
+def _load_directory(path: Path) -> SPRDiff:
     config = SPRDiffConfig.from_json((path / CONFIG_NAME).read_text())
     model = build(config, use_sources=False)
     load_weights(model, path / WEIGHTS_NAME)
-    return model.to(device)
+    return model
 
 
 def load_weights(model: SPRDiff, weights: Path) -> None:

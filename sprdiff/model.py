@@ -124,15 +124,20 @@ class SPRDiff(nn.Module):
 
     # ---- the two halves of the model, on padded float images in [0, 1]
 
-    def semantic_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """DINOv2 tokens (B, 1 + h*w, D) of x (B, 3, H, W), resized so its long side is
-        ``semantic_resolution`` (sides multiples of the patch size), and the token grid (h, w)."""
+    def semantic_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """x (B, 3, H, W) in [0, 1] resized so its long side is ``semantic_resolution`` (sides
+        multiples of the patch size) and ImageNet-normalised, and its token grid (h, w)."""
         patch = self.dino.config.patch_size
         scale = self.config.semantic_resolution / max(x.shape[-2:])
         grid = tuple(max(1, round(s * scale / patch)) for s in x.shape[-2:])
         x = F.interpolate(x, size=(grid[0] * patch, grid[1] * patch), mode="bilinear", align_corners=False,
                           antialias=True)
-        return self.dino(pixel_values=(x - self.image_mean) / self.image_std).last_hidden_state, grid
+        return (x - self.image_mean) / self.image_std, grid
+
+    def semantic_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """DINOv2 tokens (B, 1 + h*w, D) of x (B, 3, H, W) and the token grid (h, w)."""
+        pixels, grid = self.semantic_input(x)
+        return self.dino(pixel_values=pixels).last_hidden_state, grid
 
     def semantic_map(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens of x reshaped to a map (B, D, h, w) (the CLS token is dropped)."""

@@ -1,6 +1,10 @@
 """Named presets: a config plus where its weights come from.
 
 * ``tiny``: every component at toy width, random-initialised from a fixed seed (tests, CI).
+* ``demo-init``: the full architecture at a width that trains on two CPU cores, random-initialised
+  from a fixed seed: where ``jobs/configs/demo.sh`` starts (``sprdiff train --stage 0``).
+* ``demo``: that architecture after our own training (stages 0, 1, 2 on ``shared/data/photos``),
+  shipped as a model directory inside the package (:data:`SHIPPED_MODELS`).
 * ``sd-turbo``: the paper's sizes; pretrained components come from the sources in its
   config (hub ids by default; point them at local dirs or ``s3://`` copies with
   :func:`sd_turbo_config`). Its architecture configs live in ``presets/sd_turbo.json`` so
@@ -52,6 +56,47 @@ def tiny_config() -> SPRDiffConfig:
     )
 
 
+def demo_init_config() -> SPRDiffConfig:
+    """The demo model before training. Sized so its safetensors stay under 20 MB. No self-attention
+    at the latent's full resolution (VAE mid-block, UNet first level), so decoding cost grows
+    linearly with the pixel count. Timestep 249 instead of 999: the UNet is trained from scratch,
+    and at t=999 the one-step estimate divides by sqrt(alpha_bar) = 0.07, amplifying its errors 14x."""
+    return SPRDiffConfig(
+        model_id="sprdiff-demo",
+        vae_config={
+            "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1,
+            "block_out_channels": [16, 32, 48, 48], "norm_num_groups": 8, "sample_size": 192,
+            "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+            "scaling_factor": 0.18215, "mid_block_add_attention": False,
+        },
+        unet_config={
+            "sample_size": 24, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
+            "block_out_channels": [32, 48, 48], "norm_num_groups": 8, "cross_attention_dim": 48,
+            "attention_head_dim": 8,
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        },
+        dino_config={
+            "hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "mlp_ratio": 2,
+            "patch_size": 14, "image_size": 224,
+        },
+        distortion_config={"arch": "cheng2020-anchor", "N": 32},
+        fusion_channels=64,
+        fusion_blocks=1,
+        latent_channels=48,
+        entropy_groups=(4, 4, 8, 16, 16),
+        hyper_channels=48,
+        transform_channels=64,
+        projector_channels=32,
+        semantic_resolution=224,
+        lora_vae_rank=4,
+        lora_unet_rank=4,
+        lora_init="zero",
+        timestep=249,
+        init_seed=20261125,
+    )
+
+
 def sd_turbo_config(vae_source: str = "stabilityai/sd-turbo#vae", unet_source: str = "stabilityai/sd-turbo#unet",
                     dino_source: str = "facebook/dinov2-large",
                     distortion_source: str = "compressai-zoo:cheng2020-anchor/3") -> SPRDiffConfig:
@@ -70,4 +115,8 @@ def sd_turbo_config(vae_source: str = "stabilityai/sd-turbo#vae", unet_source: s
     )
 
 
-PRESETS = {"tiny": tiny_config, "sd-turbo": sd_turbo_config}
+PRESETS = {"tiny": tiny_config, "demo-init": demo_init_config, "sd-turbo": sd_turbo_config}
+
+# Trained models that ship inside the package: name -> model directory (config.json + model.safetensors).
+SHIPPED_MODELS = {"demo": Path(__file__).parent / "pretrained" / "demo"}
+RETRAIN_HINT = {"demo": "bash jobs/configs/demo.sh"}

@@ -16,6 +16,7 @@ from typing import Any
 
 import fsspec
 
+PRETRAINED_COMPONENTS = ("vae", "unet", "dino", "distortion")  # SPRDiff attributes the paper freezes
 VGG_LAYERS = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22}  # index in torchvision's vgg16.features
 RANDOM_VGG = "random"  # toy runs and tests: a seeded random VGG16 of the same architecture
 MISSING_VGG_MESSAGE = (
@@ -50,9 +51,36 @@ class OptimizerConfig:
 @dataclass(frozen=True)
 class LossWeights:
     mse_x_hat: float  # ‖x̂ − x‖²
-    perceptual: float  # ‖φ(x̂) − φ(x)‖², φ = VGG16 features
+    perceptual: float  # ‖φ(x̂) − φ(x)‖², φ = VGG16 features (0: VGG16 is never built)
     mse_x_bar: float  # ‖x̄ − x‖² (coarse image)
     adversarial: float  # non-saturating generator loss (stage 2)
+    ms_ssim: float  # 1 − MS-SSIM(x̂, x): a weight-free structural term (models trained without VGG16)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Stage 0: the parts the paper takes pretrained, trained here on reconstruction, for models
+    built without outside weights (``demo``). Each part has its own loss; they share the batch."""
+
+    steps: int
+    lr: float
+    lr_drops: tuple[tuple[int, float], ...]
+    vae_kl: float  # KL weight of the autoencoder; terms normalised per image element (SD uses 1e-6)
+    distortion_lambda: float  # CompressAI's MSE codec loss: λ·255²·MSE + bpp (quality 1 uses 0.0018)
+    mask_ratio: float  # semantic encoder: share of patches masked for masked-patch prediction
+
+    def __post_init__(self):
+        if self.steps < 1 or self.lr <= 0:
+            raise ValueError(f"stage0 steps must be >= 1 and lr > 0, got steps={self.steps}, lr={self.lr}")
+        if not 0 < self.mask_ratio < 1:
+            raise ValueError(f"stage0.mask_ratio must be in (0, 1), got {self.mask_ratio}")
+
+    def lr_at(self, step: int) -> float:
+        lr = self.lr
+        for at, value in self.lr_drops:
+            if step >= at:
+                lr = value
+        return lr
 
 
 @dataclass(frozen=True)
@@ -105,6 +133,8 @@ class TrainConfig:
     checkpoint_every: int
     checkpoints_to_keep: int
     progress_every: int
+    train_pretrained: tuple[str, ...]  # components whose base weights train in stages 1-2 (no pretrained prior)
+    stage0: PretrainConfig
     stage1: StageConfig
     stage2: StageConfig
     discriminator: DiscriminatorConfig
@@ -114,6 +144,10 @@ class TrainConfig:
             raise ValueError(f"vgg_layer must be one of {sorted(VGG_LAYERS)}, got {self.vgg_layer!r}")
         if self.checkpoint_every < 1 or self.checkpoints_to_keep < 1 or self.progress_every < 1:
             raise ValueError("checkpoint_every, checkpoints_to_keep and progress_every must be >= 1")
+        unknown = set(self.train_pretrained) - set(PRETRAINED_COMPONENTS)
+        if unknown:
+            raise ValueError(f"train_pretrained: unknown components {sorted(unknown)}; "
+                             f"choose from {list(PRETRAINED_COMPONENTS)}")
 
     def stage(self, number: int) -> StageConfig:
         if number not in (1, 2):
@@ -150,7 +184,8 @@ def _build(cls, data: Any, where: str):
     missing = set(known) - set(data)
     if unknown or missing:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
-    nested = {"data": DataConfig, "optimizer": OptimizerConfig, "stage1": StageConfig, "stage2": StageConfig,
+    nested = {"data": DataConfig, "optimizer": OptimizerConfig, "stage0": PretrainConfig, "stage1": StageConfig,
+              "stage2": StageConfig,
               "discriminator": DiscriminatorConfig, "weights": LossWeights}
     values = {}
     for name, value in data.items():
@@ -158,6 +193,8 @@ def _build(cls, data: Any, where: str):
             value = _build(nested[name], value, f"{where}.{name}")
         elif name in ("betas",):
             value = tuple(float(v) for v in value)
+        elif name == "train_pretrained":
+            value = tuple(str(v) for v in value)
         elif name == "lr_drops":
             value = tuple((int(step), float(lr)) for step, lr in value)
         elif name == "rate_ids":

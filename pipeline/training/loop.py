@@ -38,6 +38,7 @@ from pipeline.training.config import TrainConfig
 from pipeline.training.data import crop_batches, list_shards
 from pipeline.training.export import export_model
 from pipeline.training.metrics import MetricsLog, Progress
+from pipeline.training.pretrain import PretrainTrainer
 from pipeline.training.stage import StageTrainer
 from sprdiff import SPRDiff
 
@@ -121,7 +122,7 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
     torch.manual_seed(config.seed)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
     model = SPRDiff.from_pretrained(spec.model, device=device)
     base_fingerprint = model.fingerprint if rank == 0 else None
-    trainer = StageTrainer(model, config, spec.stage, spec.lambda_rate, device)
+    trainer = make_trainer(model, config, spec.stage, spec.lambda_rate, device)
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -166,13 +167,21 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
     if metrics is not None:
         metrics.close()
     if rank == 0:
-        stage = config.stage(spec.stage)
         destination = output_path(spec.output_uri, MODEL_DIR)
-        fingerprint = export_model(trainer.model, destination, stage.rate_id_for(trainer.lambda_rate))
+        fingerprint = export_model(trainer.exportable(), destination, trainer.rate_id)
         say(f"exported the model at step {trainer.step} to {destination} (fingerprint {fingerprint[:16]})")
 
 
-def _report_checkpoint(spec: RunSpec, trainer: StageTrainer, run_info: dict, record: dict, rank: int) -> None:
+def make_trainer(model: SPRDiff, config: TrainConfig, stage: int, lambda_rate: float,
+                 device) -> StageTrainer | PretrainTrainer:
+    """Stage 0 pretrains the parts the paper takes pretrained; stages 1-2 train the codec."""
+    if stage == 0:
+        return PretrainTrainer(model, config, device)
+    return StageTrainer(model, config, stage, lambda_rate, device)
+
+
+def _report_checkpoint(spec: RunSpec, trainer: StageTrainer | PretrainTrainer, run_info: dict, record: dict,
+                       rank: int) -> None:
     name = spec.checkpoint_dir_name(trainer.step)
     summary = {k: v for k, v in record.items() if isinstance(v, (int, float))}
     if rank != 0:

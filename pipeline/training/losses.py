@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 import fsspec
+import pytorch_msssim
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load as load_safetensors
@@ -95,18 +96,35 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(-fake_logits).mean()
 
 
-def codec_loss(x: torch.Tensor, out: dict, vgg: VGGFeatures, weights: LossWeights, lambda_rate: float,
+def ms_ssim_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """1 − MS-SSIM (5 scales). Crops too small for the 11x11 window get the largest odd window
+    that fits pytorch_msssim's bound: shorter side > (window − 1)·16."""
+    window = min(11, (min(x.shape[-2:]) - 1) // 16 + 1)
+    window -= 1 - window % 2
+    if window < 3:
+        raise ValueError(f"MS-SSIM needs crops of at least 33 px, got {tuple(x.shape[-2:])}")
+    return 1 - pytorch_msssim.ms_ssim(x_hat, x, data_range=1.0, win_size=window)
+
+
+def codec_loss(x: torch.Tensor, out: dict, vgg: VGGFeatures | None, weights: LossWeights, lambda_rate: float,
                fake_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The codec's total loss and each term (unweighted), from the model's training output."""
+    """The codec's total loss and each term (unweighted), from the model's training output.
+    Terms whose weight is 0 and that cost a network pass (VGG16, MS-SSIM) are left out."""
     x_hat, x_bar = out["x_hat"].float(), out["x_bar"].float()
     terms = {
         "mse_x_hat": F.mse_loss(x_hat, x),
-        "perceptual": F.mse_loss(vgg(x_hat).float(), vgg(x).float()),
         "mse_x_bar": F.mse_loss(x_bar, x),
         "bpp": estimated_bpp(out["likelihoods"], x.shape[0] * x.shape[2] * x.shape[3]),
     }
-    total = (weights.mse_x_hat * terms["mse_x_hat"] + weights.perceptual * terms["perceptual"]
-             + weights.mse_x_bar * terms["mse_x_bar"] + lambda_rate * terms["bpp"])
+    total = weights.mse_x_hat * terms["mse_x_hat"] + weights.mse_x_bar * terms["mse_x_bar"] + lambda_rate * terms["bpp"]
+    if weights.perceptual > 0:
+        if vgg is None:
+            raise ValueError("the perceptual term has a weight but no VGG16 was built")
+        terms["perceptual"] = F.mse_loss(vgg(x_hat).float(), vgg(x).float())
+        total = total + weights.perceptual * terms["perceptual"]
+    if weights.ms_ssim > 0:
+        terms["ms_ssim"] = ms_ssim_loss(x_hat, x)
+        total = total + weights.ms_ssim * terms["ms_ssim"]
     if fake_logits is not None:
         terms["adversarial"] = generator_loss(fake_logits.float())
         total = total + weights.adversarial * terms["adversarial"]

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from pipeline.training.config import StageConfig, TrainConfig
+from pipeline.training.config import PRETRAINED_COMPONENTS, StageConfig, TrainConfig
 from pipeline.training.discriminator import PatchDiscriminator
 from pipeline.training.losses import VGGFeatures, codec_loss, discriminator_loss
 from sprdiff import SPRDiff
@@ -47,9 +47,9 @@ class PiecewiseConstant:
         return factor
 
 
-def frozen_modules(model: SPRDiff) -> list[nn.Module]:
+def frozen_modules(model: SPRDiff) -> dict[str, nn.Module]:
     """Pretrained parts kept in eval mode (their LoRA adapters still train)."""
-    return [model.vae, model.unet, model.dino, model.distortion]
+    return {name: getattr(model, name) for name in PRETRAINED_COMPONENTS}
 
 
 class StageTrainer:
@@ -63,6 +63,8 @@ class StageTrainer:
         self.use_bf16 = config.bf16_on_gpu and self.device.type == "cuda"
         self.model = model.to(self.device)
         model.freeze_pretrained()
+        for component in config.train_pretrained:  # no pretrained prior to keep (models trained from scratch)
+            getattr(model, component).requires_grad_(True)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.main_names = [n for n, _ in named if not n.endswith(AUX_PARAMETER_SUFFIX)]
         self.aux_names = [n for n, _ in named if n.endswith(AUX_PARAMETER_SUFFIX)]
@@ -74,7 +76,8 @@ class StageTrainer:
                                            weight_decay=opt.weight_decay)
         self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=opt.aux_lr)
         self.scheduler = LambdaLR(self.optimizer, PiecewiseConstant(self.stage.lr, self.stage.lr_drops))
-        self.vgg = VGGFeatures(config.vgg_weights, config.vgg_layer).to(self.device)
+        self.vgg = (VGGFeatures(config.vgg_weights, config.vgg_layer).to(self.device)
+                    if self.stage.weights.perceptual > 0 else None)
         self.discriminator: PatchDiscriminator | None = None
         if self.stage.weights.adversarial > 0:
             d = config.discriminator
@@ -98,8 +101,9 @@ class StageTrainer:
 
     def set_train_mode(self) -> None:
         self.model.train()
-        for module in frozen_modules(self.model):
-            module.eval()
+        for name, module in frozen_modules(self.model).items():
+            if name not in self.config.train_pretrained:
+                module.eval()
         if self.discriminator is not None:
             self.discriminator.train()
 
@@ -166,6 +170,14 @@ class StageTrainer:
         finally:
             self.set_train_mode()
         return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+
+    @property
+    def rate_id(self) -> int | None:
+        """The rate id the exported model stamps into its records (from the config's rate_ids)."""
+        return self.stage.rate_id_for(self.lambda_rate)
+
+    def exportable(self) -> SPRDiff:
+        return self.model
 
     # ---- state (checkpoints)
 

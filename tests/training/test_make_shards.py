@@ -95,3 +95,14 @@ def test_cli(tmp_path, image_folder, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out.strip().splitlines()[-1])["samples"] == 4
     assert "broken.jpg: not_image" in captured.err
+
+
+def test_exclude_leaves_out_held_out_files(tmp_path, image_folder, capsys):
+    """Held-out validation images never reach the shards: ``--exclude`` globs on relative paths."""
+    assert main(["make-shards", "--input", str(image_folder), "--output", str(tmp_path / "out"), "--crop", "64",
+                 "--exclude", "astronaut.png", "--exclude", "photos/*.jpg", "--exclude", "broken.*"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["samples"] == 2 and summary["skipped"] == {}
+    members = _members(str(tmp_path / "out" / "shard-000000.tar"))
+    assert not any(m.startswith(("astronaut.", "photos_coffee.")) for m in members)
+    assert any(m.startswith("photos_chelsea_v2.") for m in members)
