@@ -40,7 +40,7 @@ def add_batch_commands(subparsers: argparse._SubParsersAction) -> None:
                                             "same command finishes an interrupted run.")
     enc.add_argument("--input", required=True, help="input prefix or file (local path, file://, s3://, ...)")
     enc.add_argument("--output", required=True, help="archive prefix (local path, file://, s3://, ...)")
-    enc.add_argument("--model", default="tiny", help="preset name, model directory or URI (default: tiny)")
+    enc.add_argument("--model", default="demo", help="preset or shipped model, model directory or URI (default: demo)")
     enc.add_argument("--input-format", choices=("auto", "images", "wds", "parquet"), default="auto",
                      help="auto: .tar files -> wds, .parquet files -> parquet, anything else -> image files")
     enc.add_argument("--image-column", default=None,

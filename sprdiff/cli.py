@@ -19,7 +19,7 @@ from sprdiff import bitstream
 from sprdiff.errors import SPRDiffError
 from sprdiff.images import DEFAULT_MAX_PIXELS, encode_png, load_image
 
-DEFAULT_MODEL = "tiny"
+DEFAULT_MODEL = "demo"  # the shipped trained model (sprdiff/pretrained/demo)
 RECORD_SUFFIX = ".sprd"
 
 
@@ -29,7 +29,8 @@ def default_device() -> str:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"preset name (tiny, sd-turbo), model directory or URI (default: {DEFAULT_MODEL})")
+                        help=f"preset or shipped model (demo, tiny, sd-turbo), model directory or URI "
+                             f"(default: {DEFAULT_MODEL})")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 

@@ -15,8 +15,11 @@ from PIL import Image
 SPRDIFF = shutil.which("sprdiff", path=str(Path(sys.executable).parent))
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
+def run(*args: str, default_model: bool = False) -> subprocess.CompletedProcess:
+    """The console script; encode/decode use ``tiny`` unless ``--model`` is given or ``default_model``."""
     assert SPRDIFF, "the sprdiff console script is not installed in this environment (bash scripts/setup.sh)"
+    if args[0] in ("encode", "decode") and "--model" not in args and not default_model:
+        args = (*args, "--model", "tiny")
     return subprocess.run([SPRDIFF, *args], capture_output=True, text=True, timeout=300)
 
 
@@ -82,3 +85,16 @@ def test_stem_collisions_are_refused_before_writing(images, tmp_path):
     r = run("encode", str(images / "coffee.png"), str(other / "coffee.png"), "-o", str(tmp_path / "enc"))
     assert r.returncode == 1 and "rename one" in r.stderr
     assert not (tmp_path / "enc").exists()
+
+
+def test_the_default_model_is_the_shipped_demo(images, tmp_path):
+    from sprdiff import SPRDiff
+
+    r = run("encode", str(images / "coffee.png"), "-o", str(tmp_path / "enc"), default_model=True)
+    assert r.returncode == 0, r.stderr
+    r = run("info", str(tmp_path / "enc" / "coffee.sprd"), "--model", "demo")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["model_fingerprint"] == SPRDiff.from_pretrained("demo").fingerprint
+    r = run("decode", str(tmp_path / "enc" / "coffee.sprd"), "-o", str(tmp_path / "dec"), default_model=True)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "dec" / "coffee.png").size == (120, 80)

@@ -84,7 +84,8 @@ def corpus(bucket, sample_images) -> tuple[str, dict[str, np.ndarray]]:
 
 def _command(source: str, archive: str, ray_dir: str, shard_size: int = 2) -> list[str]:
     return [sys.executable, "-m", "jobs.cli", "encode-job", "--input", source, "--output", archive,
-            "--shard-size", str(shard_size), "--num-cpus", "2", "--actors", "1", "--ray-temp-dir", ray_dir]
+            "--model", "tiny", "--shard-size", str(shard_size), "--num-cpus", "2", "--actors", "1",
+            "--ray-temp-dir", ray_dir]
 
 
 def _start_and_wait_for_a_part(command: list[str], log_path, archive: str) -> tuple[subprocess.Popen, list]:

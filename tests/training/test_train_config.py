@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,17 @@ def test_overrides_are_checked():
         config.with_overrides({"data.crops": 128})
     with pytest.raises(ValueError, match="multiple of 64"):
         config.with_overrides({"data.crop": 100})
+
+
+def test_the_demo_recipe_is_a_valid_config_without_outside_weights():
+    """jobs/configs/demo.json (how the shipped demo model was trained) merges over the defaults,
+    needs no VGG16, starts from the untrained demo architecture and trains its UNet base."""
+    demo = Path(DEFAULT_CONFIG).parent / "demo.json"
+    config = load_config(DEFAULT_CONFIG, demo)
+    assert config.model == "demo-init" and config.vgg_weights is None
+    assert config.train_pretrained == ("unet",)
+    for stage in (config.stage1, config.stage2):
+        assert stage.weights.perceptual == 0 and stage.weights.ms_ssim > 0
+    assert config.stage2.rate_id_for(config.stage2.lambda_rate) == 0
+    script = (Path(DEFAULT_CONFIG).parent / "demo.sh").read_text()
+    assert "--stage 0" in script and "--stage 1" in script and "--stage 2" in script
