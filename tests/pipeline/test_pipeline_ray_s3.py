@@ -59,7 +59,8 @@ def test_encode_and_decode_jobs_over_s3(ray_two_cpus, s3_photos, bucket, small_i
     local.mkdir()
     for key, pixels in small_images.items():
         (local / f"{key}.png").write_bytes(png_bytes(pixels))
-    assert sprdiff_cli(["encode", *sorted(map(str, local.iterdir())), "-o", str(tmp_path / "sprd")]) == 0
+    assert sprdiff_cli(["encode", *sorted(map(str, local.iterdir())), "-o", str(tmp_path / "sprd"),
+                        "--model", "tiny"]) == 0
     for key in small_images:
         assert rows[key]["bitstream"] == (tmp_path / "sprd" / f"{key}.sprd").read_bytes(), key
         assert rows[key]["source_uri"] == f"s3://{bucket}/photos/{key}.png"
