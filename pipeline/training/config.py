@@ -75,13 +75,6 @@ class PretrainConfig:
         if not 0 < self.mask_ratio < 1:
             raise ValueError(f"stage0.mask_ratio must be in (0, 1), got {self.mask_ratio}")
 
-    def lr_at(self, step: int) -> float:
-        lr = self.lr
-        for at, value in self.lr_drops:
-            if step >= at:
-                lr = value
-        return lr
-
 
 @dataclass(frozen=True)
 class StageConfig:

@@ -26,11 +26,10 @@ import torch
 import torch.nn.functional as F
 from compressai.zoo.image import model_architectures
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 
 from pipeline.training.config import PretrainConfig, TrainConfig
 from pipeline.training.losses import estimated_bpp
-from pipeline.training.stage import AUX_PARAMETER_SUFFIX, PiecewiseConstant, ReduceMean, SyncGrads, Wrap
+from pipeline.training.stage import OptimizedTrainer, ReduceMean, SyncGrads, Wrap
 from sprdiff import SPRDiff
 
 LATENT_STD_MOMENTUM = 0.99
@@ -74,7 +73,7 @@ class PretrainNets(nn.Module):
         return out
 
 
-class PretrainTrainer:
+class PretrainTrainer(OptimizedTrainer):
     """Stage 0 on one worker (see the module docstring)."""
 
     lambda_rate = 0.0  # stage 0 has no λ_b; the distortion codec's λ is in the config
@@ -92,20 +91,8 @@ class PretrainTrainer:
         for name, p in self.nets.named_parameters():
             if "lora_" in name:
                 p.requires_grad_(False)  # adapters are trained in stages 1-2 on top of this base
-        named = [(n, p) for n, p in self.nets.named_parameters() if p.requires_grad]
-        self.main_names = [n for n, _ in named if not n.endswith(AUX_PARAMETER_SUFFIX)]
-        self.aux_names = [n for n, _ in named if n.endswith(AUX_PARAMETER_SUFFIX)]
-        params = dict(named)
-        self.main_params = [params[n] for n in self.main_names]
-        self.aux_params = [params[n] for n in self.aux_names]
-        opt = config.optimizer
-        self.optimizer = torch.optim.AdamW(self.main_params, lr=self.stage.lr, betas=opt.betas,
-                                           weight_decay=opt.weight_decay)
-        self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=opt.aux_lr)
-        self.scheduler = LambdaLR(self.optimizer, PiecewiseConstant(self.stage.lr, self.stage.lr_drops))
+        self.set_up_optimizers(self.nets.named_parameters(), self.stage.lr, self.stage.lr_drops)
         self.net: nn.Module = self.nets
-        self.sync_grads: SyncGrads = lambda params: None
-        self.reduce_mean: ReduceMean = lambda t: t
         self.latent_std = torch.ones((), device=self.device)  # running estimate, for the latent scale
         self.step = 0
 
@@ -126,17 +113,7 @@ class PretrainTrainer:
         vae_loss = terms["vae_mse"] + s.vae_kl * terms["vae_kl"]
         codec_loss = s.distortion_lambda * 255 ** 2 * terms["codec_mse"] + terms["bpp"]
         loss = vae_loss + codec_loss + terms["mim"]
-        loss.backward()
-        clip = self.config.optimizer.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.main_params, clip if clip > 0 else float("inf"))
-        self.optimizer.step()
-        self.scheduler.step()
-
-        self.aux_optimizer.zero_grad(set_to_none=True)
-        aux_loss = self.nets.codec.aux_loss()
-        aux_loss.backward()
-        self.sync_grads(self.aux_params)
-        self.aux_optimizer.step()
+        grad_norm, aux_loss = self.update(loss, self.nets.codec.aux_loss)
 
         self.step += 1
         std = self.reduce_mean(terms["latent_std"].reshape(1)).squeeze(0)
@@ -145,12 +122,7 @@ class PretrainTrainer:
         metrics = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}, "aux_loss": aux_loss.detach(),
                    "grad_norm": grad_norm.detach(), "vae_psnr": -10 * torch.log10(terms["vae_mse"].detach()),
                    "codec_psnr": -10 * torch.log10(terms["codec_mse"].detach())}
-        names = list(metrics)
-        values = self.reduce_mean(torch.stack([metrics[n].float().to(self.device) for n in names]))
-        result = dict(zip(names, values.tolist()))
-        result["lr"] = lr
-        result["step_s"] = time.perf_counter() - started
-        return result
+        return self.averaged(metrics, lr, started)
 
     @torch.no_grad()
     def exportable(self) -> SPRDiff:
@@ -168,7 +140,6 @@ class PretrainTrainer:
         return {
             "step": self.step, "stage": 0, "lambda_rate": 0.0,
             "model": {n: p for n, p in self.nets.named_parameters() if p.requires_grad},
-            "buffers": dict(self.nets.codec.named_buffers()),
             "latent_std": self.latent_std,
             "parameter_names": {"main": self.main_names, "aux": self.aux_names},
             "optimizer": self.optimizer.state_dict(), "aux_optimizer": self.aux_optimizer.state_dict(),
@@ -185,10 +156,6 @@ class PretrainTrainer:
             params = dict(self.nets.named_parameters())
             for name, tensor in state["model"].items():
                 params[name].copy_(tensor)
-            buffers = dict(self.nets.codec.named_buffers())
-            for name, tensor in state["buffers"].items():
-                if buffers[name].shape == tensor.shape:
-                    buffers[name].copy_(tensor)
             self.latent_std = state["latent_std"].to(self.device).clone()
         self.optimizer.load_state_dict(state["optimizer"])
         self.aux_optimizer.load_state_dict(state["aux_optimizer"])

@@ -52,7 +52,58 @@ def frozen_modules(model: SPRDiff) -> dict[str, nn.Module]:
     return {name: getattr(model, name) for name in PRETRAINED_COMPONENTS}
 
 
-class StageTrainer:
+class OptimizedTrainer:
+    """What the trainers of every stage share: CompressAI's two optimizers over the trainable
+    parameters, one update (clipped main step, then the auxiliary quantile step), and metrics
+    averaged over the workers."""
+
+    config: TrainConfig
+    device: torch.device
+    sync_grads: SyncGrads = staticmethod(lambda params: None)
+    reduce_mean: ReduceMean = staticmethod(lambda t: t)
+
+    def set_up_optimizers(self, named_parameters: Iterable[tuple[str, nn.Parameter]], lr: float,
+                          lr_drops: Iterable[tuple[int, float]]) -> None:
+        """The main AdamW takes every trainable parameter but the EntropyBottleneck ``quantiles``;
+        an auxiliary Adam takes those alone."""
+        named = [(n, p) for n, p in named_parameters if p.requires_grad]
+        self.main_names = [n for n, _ in named if not n.endswith(AUX_PARAMETER_SUFFIX)]
+        self.aux_names = [n for n, _ in named if n.endswith(AUX_PARAMETER_SUFFIX)]
+        params = dict(named)
+        self.main_params = [params[n] for n in self.main_names]
+        self.aux_params = [params[n] for n in self.aux_names]
+        opt = self.config.optimizer
+        self.optimizer = torch.optim.AdamW(self.main_params, lr=lr, betas=opt.betas, weight_decay=opt.weight_decay)
+        self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=opt.aux_lr)
+        self.scheduler = LambdaLR(self.optimizer, PiecewiseConstant(lr, lr_drops))
+
+    def update(self, loss: torch.Tensor, aux_loss: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backward ``loss``, clip and step the main optimizer; then minimise ``aux_loss()`` (CompressAI's
+        auxiliary loss, fitting the EntropyBottleneck quantiles). Returns (grad norm, aux loss)."""
+        loss.backward()
+        clip = self.config.optimizer.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.main_params, clip if clip > 0 else float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+
+        self.aux_optimizer.zero_grad(set_to_none=True)
+        aux = aux_loss()
+        aux.backward()
+        self.sync_grads(self.aux_params)  # outside DDP's forward: averaged by hand
+        self.aux_optimizer.step()
+        return grad_norm, aux
+
+    def averaged(self, metrics: dict[str, torch.Tensor], lr: float, started: float) -> dict[str, float]:
+        """The step's metrics averaged over workers, plus the lr used and the step's seconds."""
+        names = list(metrics)
+        values = self.reduce_mean(torch.stack([metrics[n].float().to(self.device) for n in names]))
+        result = dict(zip(names, values.tolist()))
+        result["lr"] = lr
+        result["step_s"] = time.perf_counter() - started
+        return result
+
+
+class StageTrainer(OptimizedTrainer):
     def __init__(self, model: SPRDiff, config: TrainConfig, stage: int, lambda_rate: float | None = None,
                  device: torch.device | str = "cpu"):
         self.config = config
@@ -65,17 +116,7 @@ class StageTrainer:
         model.freeze_pretrained()
         for component in config.train_pretrained:  # no pretrained prior to keep (models trained from scratch)
             getattr(model, component).requires_grad_(True)
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.main_names = [n for n, _ in named if not n.endswith(AUX_PARAMETER_SUFFIX)]
-        self.aux_names = [n for n, _ in named if n.endswith(AUX_PARAMETER_SUFFIX)]
-        params = dict(named)
-        self.main_params = [params[n] for n in self.main_names]
-        self.aux_params = [params[n] for n in self.aux_names]
-        opt = config.optimizer
-        self.optimizer = torch.optim.AdamW(self.main_params, lr=self.stage.lr, betas=opt.betas,
-                                           weight_decay=opt.weight_decay)
-        self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=opt.aux_lr)
-        self.scheduler = LambdaLR(self.optimizer, PiecewiseConstant(self.stage.lr, self.stage.lr_drops))
+        self.set_up_optimizers(model.named_parameters(), self.stage.lr, self.stage.lr_drops)
         self.vgg = (VGGFeatures(config.vgg_weights, config.vgg_layer).to(self.device)
                     if self.stage.weights.perceptual > 0 else None)
         self.discriminator: PatchDiscriminator | None = None
@@ -86,8 +127,6 @@ class StageTrainer:
             self.d_scheduler = LambdaLR(self.d_optimizer, PiecewiseConstant(self.stage.lr, self.stage.lr_drops))
         self.net: nn.Module = self.model  # what the forward pass calls (DDP-wrapped by distribute)
         self.d_net: nn.Module | None = self.discriminator
-        self.sync_grads: SyncGrads = lambda params: None
-        self.reduce_mean: ReduceMean = lambda t: t
         self.step = 0  # finished updates
 
     # ---- distribution
@@ -124,18 +163,7 @@ class StageTrainer:
             out = self.net(x)
             fake_logits = self.d_net(out["x_hat"]) if self.d_net is not None else None
         loss, terms = codec_loss(x, out, self.vgg, self.stage.weights, self.lambda_rate, fake_logits)
-        loss.backward()
-        clip = self.config.optimizer.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.main_params, clip if clip > 0 else float("inf"))
-        self.optimizer.step()
-        self.scheduler.step()
-
-        # CompressAI's auxiliary loss: fits the EntropyBottleneck quantiles (medians, tails)
-        self.aux_optimizer.zero_grad(set_to_none=True)
-        aux_loss = self.model.entropy.aux_loss()
-        aux_loss.backward()
-        self.sync_grads(self.aux_params)  # outside DDP's forward: averaged by hand
-        self.aux_optimizer.step()
+        grad_norm, aux_loss = self.update(loss, self.model.entropy.aux_loss)
 
         metrics = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}, "aux_loss": aux_loss.detach(),
                    "grad_norm": grad_norm.detach()}
@@ -150,13 +178,7 @@ class StageTrainer:
             self.d_scheduler.step()
             metrics["d_loss"] = d_loss.detach()
         self.step += 1
-
-        names = list(metrics)
-        values = self.reduce_mean(torch.stack([metrics[n].float().to(self.device) for n in names]))
-        result = dict(zip(names, values.tolist()))
-        result["lr"] = lr
-        result["step_s"] = time.perf_counter() - started
-        return result
+        return self.averaged(metrics, lr, started)
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor) -> dict[str, float]:
