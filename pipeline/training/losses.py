@@ -86,6 +86,17 @@ def _features_state(state: dict[str, torch.Tensor], last: int) -> dict[str, torc
     return out
 
 
+def opponent_chroma(x: torch.Tensor) -> torch.Tensor:
+    """The two colour-opponent channels of RGB images (B, 3, H, W): R − G and B − (R + G)/2."""
+    r, g, b = x.unbind(1)
+    return torch.stack([r - g, b - (r + g) / 2], 1)
+
+
+def chroma_mse(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """MSE of the colour-opponent channels: the colour error, without the luminance error."""
+    return F.mse_loss(opponent_chroma(x_hat), opponent_chroma(x))
+
+
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Non-saturating GAN, discriminator side: softplus(−D(x)) + softplus(D(x̂))."""
     return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()

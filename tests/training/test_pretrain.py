@@ -12,7 +12,7 @@ from test_train_stage import fixed_batch, random_batches
 from jobs.cli import build_parser
 from jobs.train_commands import build_run_spec
 from pipeline.training.checkpoint import read_checkpoint, write_checkpoint
-from pipeline.training.losses import ms_ssim_loss
+from pipeline.training.losses import chroma_mse, ms_ssim_loss
 from pipeline.training.pretrain import PretrainTrainer
 from pipeline.training.stage import StageTrainer
 from sprdiff import SPRDiff
@@ -27,7 +27,7 @@ def test_stage0_trains_the_pretrained_parts_only(train_config):
     trainer.set_train_mode()
     for batch in random_batches(2):
         metrics = trainer.train_step(batch)
-    assert {"vae_mse", "vae_kl", "codec_mse", "bpp", "mim", "aux_loss"} <= set(metrics)
+    assert {"vae_mse", "vae_chroma", "vae_kl", "codec_mse", "bpp", "mim", "aux_loss"} <= set(metrics)
     params = dict(model.named_parameters())
     changed = {n for n in params if not torch.equal(params[n], before[n])}
     assert any(n.startswith("vae.decoder.") for n in changed)
@@ -48,6 +48,29 @@ def test_stage0_losses_fall_on_one_batch(train_config):
     assert last["vae_mse"] < 0.5 * first["vae_mse"]
     assert last["codec_mse"] < 0.5 * first["codec_mse"]
     assert last["mim"] < first["mim"]
+
+
+def test_chroma_term_sees_colour_errors_only():
+    x = fixed_batch() * 0.9
+    assert chroma_mse(x + 0.1, x).item() == pytest.approx(0, abs=1e-10)  # a grey shift is no colour error
+    redder = x.clone()
+    redder[:, 0] += 0.1
+    assert chroma_mse(redder, x).item() == pytest.approx((0.1 ** 2 + 0.05 ** 2) / 2, rel=1e-4)  # R−G, B−(R+G)/2
+
+
+def test_stage0_chroma_weight_adds_the_colour_error_to_the_vae_loss(train_config):
+    x = fixed_batch()
+    losses = []
+    for weight in (0.0, 3.0):
+        torch.manual_seed(0)
+        trainer = PretrainTrainer(SPRDiff.from_pretrained("tiny"), train_config.with_overrides(
+            {"stage0.vae_chroma": weight}))
+        trainer.set_train_mode()
+        losses.append(trainer.train_step(x))
+    assert losses[0]["vae_chroma"] == pytest.approx(losses[1]["vae_chroma"], rel=1e-5)
+    assert losses[1]["loss"] - losses[0]["loss"] == pytest.approx(3.0 * losses[0]["vae_chroma"], rel=1e-3)
+    with pytest.raises(ValueError, match="vae_chroma"):
+        train_config.with_overrides({"stage0.vae_chroma": -1.0})
 
 
 def test_stage0_export_sets_the_latent_scale_and_loads_back(train_config, tmp_path):
