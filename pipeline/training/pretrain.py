@@ -7,9 +7,8 @@ the same batches, each with its own objective:
 * **VAE** (diffusers ``AutoencoderKL``): reconstruction MSE through a sampled latent + a small KL
   term (SD's recipe without its LPIPS and GAN terms, which would need outside weights), plus
   an optional extra weight on the colour error (``vae_chroma``). Colour has a fraction of
-  luminance's variance, and a deep autoencoder trained from scratch learns it last: without
-  the extra weight the demo VAE decoded a blue sky grey after 500 steps, even from a latent
-  optimised for that sky. Its LoRA adapters stay at zero: they belong to stages 1-2.
+  luminance's variance, and a deep autoencoder trained from scratch learns it last (the
+  figures are in docs/demo-model.md). Its LoRA adapters stay at zero: they belong to stages 1-2.
 * **Distortion codec**: the whole CompressAI model of the configured architecture (hyperprior,
   context model, entropy bottleneck), trained with CompressAI's loss λ·255²·MSE + bpp and its
   auxiliary quantile loss. Only ``g_a``/``g_s`` are kept, as the paper keeps them.
