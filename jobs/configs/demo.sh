@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Retrains the shipped `demo` model (sprdiff/pretrained/demo) from nothing, exactly as it was made:
 # shards of ../shared/data/photos minus 5 held-out photos, then stages 0, 1 and 2 with
-# jobs/configs/demo.json, then the evaluation report. About 1.5 h on 2 CPU cores.
+# jobs/configs/demo.json, then copies the model into the package (its evaluation report:
+# jobs/configs/demo_eval.sh). About 1.5 h of training on 2 CPU cores.
 # Rerunning resumes each stage from its last checkpoint under $RUN.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,7 +18,7 @@ sprdiff=.venv/bin/sprdiff
 
 exclude=()
 for name in "${HELD_OUT[@]}"; do exclude+=(--exclude "$name"); done
-$sprdiff make-shards --input "$PHOTOS" --output "$RUN/shards" --crop 192 --per-shard 16 "${exclude[@]}"
+$sprdiff make-shards --input "$PHOTOS" --output "$RUN/shards" --crop 128 --per-shard 16 "${exclude[@]}"
 
 $sprdiff train --stage 0 --config "$CONFIG" --data "$RUN/shards" --output "$RUN/stage0" --resume --cpus-per-worker 2
 $sprdiff train --stage 1 --config "$CONFIG" --data "$RUN/shards" --output "$RUN/stage1" --resume --cpus-per-worker 2 \

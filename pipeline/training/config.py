@@ -67,6 +67,7 @@ class PretrainConfig:
     lr_drops: tuple[tuple[int, float], ...]
     vae_kl: float  # KL weight of the autoencoder; terms normalised per image element (SD uses 1e-6)
     vae_chroma: float  # extra weight on the autoencoder's colour error (opponent channels R−G, B−(R+G)/2)
+    vae_latent: str  # what the VAE decoder reconstructs from: "sample" of the posterior (SD) or its "mean"
     distortion_lambda: float  # CompressAI's MSE codec loss: λ·255²·MSE + bpp (quality 1 uses 0.0018)
     mask_ratio: float  # semantic encoder: share of patches masked for masked-patch prediction
 
@@ -75,6 +76,8 @@ class PretrainConfig:
             raise ValueError(f"stage0 steps must be >= 1 and lr > 0, got steps={self.steps}, lr={self.lr}")
         if self.vae_chroma < 0:
             raise ValueError(f"stage0.vae_chroma must be >= 0, got {self.vae_chroma}")
+        if self.vae_latent not in ("sample", "mean"):
+            raise ValueError(f'stage0.vae_latent must be "sample" or "mean", got {self.vae_latent!r}')
         if not 0 < self.mask_ratio < 1:
             raise ValueError(f"stage0.mask_ratio must be in (0, 1), got {self.mask_ratio}")
 

@@ -4,11 +4,12 @@ The paper freezes a pretrained SD VAE, an MSE-optimised learned codec (its ``g_a
 DINOv2. A model trained from scratch (the ``demo`` preset) first trains each of them here, on
 the same batches, each with its own objective:
 
-* **VAE** (diffusers ``AutoencoderKL``): reconstruction MSE through a sampled latent + a small KL
-  term (SD's recipe without its LPIPS and GAN terms, which would need outside weights), plus
-  an optional extra weight on the colour error (``vae_chroma``). Colour has a fraction of
-  luminance's variance, and a deep autoencoder trained from scratch learns it last (the
-  figures are in docs/demo-model.md). Its LoRA adapters stay at zero: they belong to stages 1-2.
+* **VAE** (diffusers ``AutoencoderKL``): reconstruction MSE through a sampled latent (or the
+  posterior mean, which is what the codec encodes with: ``vae_latent``) + a small KL term (SD's
+  recipe without its LPIPS and GAN terms, which would need outside weights), plus an optional
+  extra weight on the colour error (``vae_chroma``). Colour has a fraction of luminance's
+  variance, and a deep autoencoder trained from scratch learns it last (the figures are in
+  docs/demo-model.md). Its LoRA adapters stay at zero: they belong to stages 1-2.
 * **Distortion codec**: the whole CompressAI model of the configured architecture (hyperprior,
   context model, entropy bottleneck), trained with CompressAI's loss λ·255²·MSE + bpp and its
   auxiliary quantile loss. Only ``g_a``/``g_s`` are kept, as the paper keeps them.
@@ -53,11 +54,12 @@ class PretrainNets(nn.Module):
         patch = model.dino.config.patch_size
         self.patch_head = nn.Linear(model.dino.config.hidden_size, patch * patch * 3)
 
-    def forward(self, x: torch.Tensor, mask_ratio: float) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, mask_ratio: float, vae_latent: str = "sample") -> dict[str, torch.Tensor]:
         model = self.model_ref[0]
-        # VAE: reconstruction through a sampled latent
+        # VAE: reconstruction through a sampled latent or the posterior mean
         posterior = self.vae.encode(x * 2 - 1).latent_dist
-        recon = (self.vae.decode(posterior.sample()).sample + 1) / 2
+        latent = posterior.sample() if vae_latent == "sample" else posterior.mean
+        recon = (self.vae.decode(latent).sample + 1) / 2
         out = {"vae_mse": F.mse_loss(recon, x), "vae_chroma": chroma_mse(recon, x),
                "vae_kl": posterior.kl().mean() / x[0].numel(),
                "latent_std": posterior.mean.detach().std()}
@@ -112,7 +114,7 @@ class PretrainTrainer(OptimizedTrainer):
         lr = self.optimizer.param_groups[0]["lr"]
         s = self.stage
         self.optimizer.zero_grad(set_to_none=True)
-        terms = self.net(x, s.mask_ratio)
+        terms = self.net(x, s.mask_ratio, s.vae_latent)
         vae_loss = terms["vae_mse"] + s.vae_chroma * terms["vae_chroma"] + s.vae_kl * terms["vae_kl"]
         codec_loss = s.distortion_lambda * 255 ** 2 * terms["codec_mse"] + terms["bpp"]
         loss = vae_loss + codec_loss + terms["mim"]

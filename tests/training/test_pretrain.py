@@ -13,7 +13,7 @@ from jobs.cli import build_parser
 from jobs.train_commands import build_run_spec
 from pipeline.training.checkpoint import read_checkpoint, write_checkpoint
 from pipeline.training.losses import chroma_mse, ms_ssim_loss
-from pipeline.training.pretrain import PretrainTrainer
+from pipeline.training.pretrain import PretrainNets, PretrainTrainer
 from pipeline.training.stage import StageTrainer
 from sprdiff import SPRDiff
 
@@ -71,6 +71,24 @@ def test_stage0_chroma_weight_adds_the_colour_error_to_the_vae_loss(train_config
     assert losses[1]["loss"] - losses[0]["loss"] == pytest.approx(3.0 * losses[0]["vae_chroma"], rel=1e-3)
     with pytest.raises(ValueError, match="vae_chroma"):
         train_config.with_overrides({"stage0.vae_chroma": -1.0})
+
+
+def test_stage0_vae_latent_mean_reconstructs_through_the_posterior_mean(train_config):
+    model = SPRDiff.from_pretrained("tiny")
+    nets = PretrainNets(model).eval()
+    x = fixed_batch()
+    with torch.no_grad():
+        expected = torch.nn.functional.mse_loss(
+            (model.vae.decode(model.vae.encode(x * 2 - 1).latent_dist.mean).sample + 1) / 2, x)
+        by_seed = {}
+        for latent in ("mean", "sample"):
+            for seed in (1, 2):
+                torch.manual_seed(seed)
+                by_seed[latent, seed] = nets(x, 0.5, latent)["vae_mse"].item()
+    assert by_seed["mean", 1] == by_seed["mean", 2] == pytest.approx(expected.item(), rel=1e-6)
+    assert by_seed["sample", 1] != by_seed["sample", 2]  # a sampled latent differs from draw to draw
+    with pytest.raises(ValueError, match="vae_latent"):
+        train_config.with_overrides({"stage0.vae_latent": "mode"})
 
 
 def test_stage0_export_sets_the_latent_scale_and_loads_back(train_config, tmp_path):
