@@ -54,7 +54,7 @@ class PretrainNets(nn.Module):
         patch = model.dino.config.patch_size
         self.patch_head = nn.Linear(model.dino.config.hidden_size, patch * patch * 3)
 
-    def forward(self, x: torch.Tensor, mask_ratio: float, vae_latent: str = "sample") -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, mask_ratio: float, vae_latent: str) -> dict[str, torch.Tensor]:
         model = self.model_ref[0]
         # VAE: reconstruction through a sampled latent or the posterior mean
         posterior = self.vae.encode(x * 2 - 1).latent_dist
