@@ -103,6 +103,19 @@ def build_run_spec(args: argparse.Namespace):
                    steps=args.steps if args.steps is not None else stage.steps, config=config.to_dict())
 
 
+# Ray Train's placement-group cleaner polls the State API every second to see whether the run's
+# controller is alive. Our install has no ray[default] (no State API) and a local Ray dies with the
+# command anyway, so there it would only log one "Failed to query ... actor state" warning a second.
+PLACEMENT_GROUP_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+def quiet_placement_group_cleaner() -> None:
+    """worker_process_setup_hook of the local Ray: keeps the cleaner's errors, drops its warnings."""
+    import logging
+
+    logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).setLevel(logging.ERROR)
+
+
 def start_ray(address: str | None) -> None:
     """Connect to ``address`` (or $RAY_ADDRESS); without one, start a local Ray for this run."""
     import ray
@@ -112,7 +125,7 @@ def start_ray(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, local cluster
-        ray.init(address="local")
+        ray.init(address="local", runtime_env={"worker_process_setup_hook": quiet_placement_group_cleaner})
     else:
         ray.init(address=address)
 

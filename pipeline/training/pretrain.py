@@ -162,8 +162,6 @@ class PretrainTrainer(OptimizedTrainer):
             for name, tensor in state["model"].items():
                 params[name].copy_(tensor)
             self.latent_std = state["latent_std"].to(self.device).clone()
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.aux_optimizer.load_state_dict(state["aux_optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.load_optimizer_state(state)
         self.step = int(state["step"])
         self.model.invalidate_fingerprint()

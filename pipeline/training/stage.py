@@ -47,6 +47,20 @@ class PiecewiseConstant:
         return factor
 
 
+def follow_schedule(scheduler: LambdaLR, schedule: PiecewiseConstant, base_lr: float) -> None:
+    """Put ``schedule`` (a factor of ``base_lr``) back into a LambdaLR whose state was just loaded:
+    LambdaLR's state holds its lambda's attributes, so loading it would otherwise bring back the
+    checkpoint's drops."""
+    groups = scheduler.optimizer.param_groups
+    scheduler.lr_lambdas = [schedule] * len(groups)
+    scheduler.base_lrs = [base_lr] * len(groups)
+    lr = base_lr * schedule(scheduler.last_epoch)
+    for group in groups:
+        group["initial_lr"] = base_lr
+        group["lr"] = lr
+    scheduler._last_lr = [lr] * len(groups)
+
+
 def frozen_modules(model: SPRDiff) -> dict[str, nn.Module]:
     """Pretrained parts kept in eval mode (their LoRA adapters still train)."""
     return {name: getattr(model, name) for name in PRETRAINED_COMPONENTS}
@@ -75,7 +89,19 @@ class OptimizedTrainer:
         opt = self.config.optimizer
         self.optimizer = torch.optim.AdamW(self.main_params, lr=lr, betas=opt.betas, weight_decay=opt.weight_decay)
         self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=opt.aux_lr)
-        self.scheduler = LambdaLR(self.optimizer, PiecewiseConstant(lr, lr_drops))
+        self.schedule = PiecewiseConstant(lr, lr_drops)
+        self.scheduler = LambdaLR(self.optimizer, self.schedule)
+
+    def load_optimizer_state(self, state: dict) -> None:
+        """Restore both optimizers and the step count of the schedule from a checkpoint. The schedule
+        itself (base lr and drops) stays the config's: a resumed run that edits ``lr_drops`` follows
+        the edit from the restored step on."""
+        configured = PiecewiseConstant(self.schedule.base_lr, self.schedule.drops)  # loading overwrites the lambda
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.aux_optimizer.load_state_dict(state["aux_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.schedule = configured
+        follow_schedule(self.scheduler, self.schedule, self.schedule.base_lr)
 
     def update(self, loss: torch.Tensor, aux_loss: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Backward ``loss``, clip and step the main optimizer; then minimise ``aux_loss()`` (CompressAI's
@@ -233,15 +259,14 @@ class StageTrainer(OptimizedTrainer):
             params = self.trainable_state()
             for name, tensor in state["model"].items():
                 params[name].copy_(tensor)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.aux_optimizer.load_state_dict(state["aux_optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.load_optimizer_state(state)
         if self.discriminator is not None:
             if "discriminator" not in state:
                 raise ValueError("checkpoint has no discriminator but this stage trains one")
             self.discriminator.load_state_dict(state["discriminator"])
             self.d_optimizer.load_state_dict(state["d_optimizer"])
             self.d_scheduler.load_state_dict(state["d_scheduler"])
+            follow_schedule(self.d_scheduler, self.schedule, self.config.discriminator.lr)
         self.step = int(state["step"])
         self.model.entropy.invalidate_tables()
         self.model.invalidate_fingerprint()

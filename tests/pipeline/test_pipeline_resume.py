@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 from pipeline_testing import png_bytes
+from process_tree import descendants, kill_tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,20 +36,6 @@ def _images(sample_images) -> dict[str, np.ndarray]:
 def _parts(s3: s3fs.S3FileSystem, prefix: str) -> list[str]:
     s3.invalidate_cache()
     return sorted(s3.glob(f"{prefix}/part-*.parquet"))
-
-
-def _kill_tree(proc: subprocess.Popen, family: list[psutil.Process]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass  # the group has already exited
-    proc.wait(timeout=30)
-    for p in family:  # Ray processes that left the group: end them by pid
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(family, timeout=30)
 
 
 @pytest.fixture
@@ -100,11 +86,11 @@ def _start_and_wait_for_a_part(command: list[str], log_path, archive: str) -> tu
         while not _parts(s3, archive):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError("no part was written: " + open(log_path).read()[-3000:])
-            family = psutil.Process(proc.pid).children(recursive=True)
+            family = descendants(proc)
             time.sleep(0.05)
-        family = psutil.Process(proc.pid).children(recursive=True)
+        family = descendants(proc)
     except BaseException:
-        _kill_tree(proc, family)
+        kill_tree(proc, family)
         raise
     return proc, family
 
@@ -130,7 +116,7 @@ def test_a_killed_encode_job_resumes_exactly_once(corpus, tiny_model, tmp_path, 
     total_shards = (len(images) + 1 + 1) // 2
     command = _command(source, archive, ray_dir)
     proc, family = _start_and_wait_for_a_part(command, tmp_path / "killed.log", archive.removeprefix("s3://"))
-    _kill_tree(proc, family)  # SIGKILL to the driver's group, then to every Ray process it had started
+    kill_tree(proc, family)  # SIGKILL to the driver's group, then to every Ray process it had started
     s3 = s3fs.S3FileSystem(skip_instance_cache=True)
     killed_parts = _parts(s3, archive.removeprefix("s3://"))
     assert 0 < len(killed_parts) < total_shards, f"the kill came too late: {len(killed_parts)} parts"
@@ -157,7 +143,7 @@ def _wait(condition, what: str, proc: subprocess.Popen, log_path, timeout: float
 def _codec_actors(proc: subprocess.Popen, family: dict[int, psutil.Process]) -> list[psutil.Process]:
     """The live codec actor processes of the job (adding every process seen to ``family``)."""
     found = []
-    for p in psutil.Process(proc.pid).children(recursive=True):
+    for p in descendants(proc):
         family.setdefault(p.pid, p)
         try:
             if "EncodeImages" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE:
@@ -203,7 +189,7 @@ def test_killing_codec_actors_then_the_driver_loses_and_duplicates_nothing(bucke
         assert proc.poll() is None and parts_at_driver_kill < total_shards, "the job finished before the driver kill"
         _codec_actors(proc, family)
     finally:
-        _kill_tree(proc, list(family.values()))  # the driver kill (SIGKILL to its group), and every Ray process
+        kill_tree(proc, list(family.values()))  # the driver kill (SIGKILL to its group), and every Ray process
     assert len(set(killed)) >= ACTOR_KILLS
     assert not [p for p in s3.find(bucket_path) if "tmp" in p.rsplit("/", 1)[1]]
 

@@ -113,6 +113,27 @@ def test_checkpoint_round_trip_continues_the_same_run(tmp_path, train_config):
             read_checkpoint(tmp_path / "ckpt")["trainer"])
 
 
+def test_resumed_run_follows_the_configs_schedule_not_the_checkpoints(tmp_path, train_config):
+    first = StageTrainer(SPRDiff.from_pretrained("tiny"), train_config.with_overrides({"stage2.lr_drops": [[1, 1e-5]]}),
+                         stage=2)
+    first.set_train_mode()
+    for batch in random_batches(2):
+        first.train_step(batch)
+    assert first.optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)
+    write_checkpoint(tmp_path / "ckpt", {"trainer": first.state_dict()})
+
+    edited = train_config.with_overrides({"stage2.lr_drops": [[4, 1e-6]]})
+    resumed = StageTrainer(SPRDiff.from_pretrained("tiny"), edited, stage=2)
+    resumed.load_state_dict(read_checkpoint(tmp_path / "ckpt")["trainer"])
+    resumed.set_train_mode()
+    records = [resumed.train_step(batch) for batch in random_batches(3, seed=2)]
+    assert [r["lr"] for r in records] == pytest.approx([5e-5, 5e-5, 1e-6])
+    assert resumed.d_optimizer.param_groups[0]["lr"] == pytest.approx(edited.discriminator.lr * 1e-6 / 5e-5)
+    again = StageTrainer(SPRDiff.from_pretrained("tiny"), edited, stage=2)
+    again.load_state_dict(resumed.state_dict())
+    assert again.scheduler.get_last_lr() == pytest.approx([1e-6])
+
+
 def test_export_gives_a_model_the_codec_loads(tmp_path, train_config, sample_images):
     trainer = StageTrainer(SPRDiff.from_pretrained("tiny"), train_config, stage=2, lambda_rate=4)
     trainer.set_train_mode()
