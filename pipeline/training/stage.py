@@ -39,6 +39,10 @@ class PiecewiseConstant:
         self.base_lr = base_lr
         self.drops = [[int(step), float(lr)] for step, lr in drops]
 
+    def copy(self) -> PiecewiseConstant:
+        """A LambdaLR's own instance: loading the scheduler's state overwrites its lambda's attributes."""
+        return PiecewiseConstant(self.base_lr, self.drops)
+
     def __call__(self, step: int) -> float:
         factor = 1.0
         for at, lr in self.drops:
@@ -52,7 +56,7 @@ def follow_schedule(scheduler: LambdaLR, schedule: PiecewiseConstant, base_lr: f
     LambdaLR's state holds its lambda's attributes, so loading it would otherwise bring back the
     checkpoint's drops."""
     groups = scheduler.optimizer.param_groups
-    scheduler.lr_lambdas = [schedule] * len(groups)
+    scheduler.lr_lambdas = [schedule.copy() for _ in groups]
     scheduler.base_lrs = [base_lr] * len(groups)
     lr = base_lr * schedule(scheduler.last_epoch)
     for group in groups:
@@ -89,18 +93,16 @@ class OptimizedTrainer:
         opt = self.config.optimizer
         self.optimizer = torch.optim.AdamW(self.main_params, lr=lr, betas=opt.betas, weight_decay=opt.weight_decay)
         self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=opt.aux_lr)
-        self.schedule = PiecewiseConstant(lr, lr_drops)
-        self.scheduler = LambdaLR(self.optimizer, self.schedule)
+        self.schedule = PiecewiseConstant(lr, lr_drops)  # the config's; the schedulers get copies
+        self.scheduler = LambdaLR(self.optimizer, self.schedule.copy())
 
     def load_optimizer_state(self, state: dict) -> None:
         """Restore both optimizers and the step count of the schedule from a checkpoint. The schedule
         itself (base lr and drops) stays the config's: a resumed run that edits ``lr_drops`` follows
         the edit from the restored step on."""
-        configured = PiecewiseConstant(self.schedule.base_lr, self.schedule.drops)  # loading overwrites the lambda
         self.optimizer.load_state_dict(state["optimizer"])
         self.aux_optimizer.load_state_dict(state["aux_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.schedule = configured
         follow_schedule(self.scheduler, self.schedule, self.schedule.base_lr)
 
     def update(self, loss: torch.Tensor, aux_loss: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,7 +152,7 @@ class StageTrainer(OptimizedTrainer):
             d = config.discriminator
             self.discriminator = PatchDiscriminator(d.channels, d.layers).to(self.device)
             self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=d.lr, betas=d.betas)
-            self.d_scheduler = LambdaLR(self.d_optimizer, PiecewiseConstant(self.stage.lr, self.stage.lr_drops))
+            self.d_scheduler = LambdaLR(self.d_optimizer, self.schedule.copy())
         self.net: nn.Module = self.model  # what the forward pass calls (DDP-wrapped by distribute)
         self.d_net: nn.Module | None = self.discriminator
         self.step = 0  # finished updates

@@ -132,6 +132,9 @@ def test_resumed_run_follows_the_configs_schedule_not_the_checkpoints(tmp_path, 
     again = StageTrainer(SPRDiff.from_pretrained("tiny"), edited, stage=2)
     again.load_state_dict(resumed.state_dict())
     assert again.scheduler.get_last_lr() == pytest.approx([1e-6])
+    resumed.load_state_dict(read_checkpoint(tmp_path / "ckpt")["trainer"])  # a second load: still the config's
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(5e-5)
+    assert resumed.d_optimizer.param_groups[0]["lr"] == pytest.approx(edited.discriminator.lr)
 
 
 def test_export_gives_a_model_the_codec_loads(tmp_path, train_config, sample_images):
