@@ -90,10 +90,15 @@ class StageConfig:
     lambda_rate: float  # λ_b, weight of the estimated bpp
     weights: LossWeights
     rate_ids: dict[str, int]  # λ_b (as written in the file) -> rate id stored in the exported model
+    # lr of the hyper-latent's factorized prior (CompressAI EntropyBottleneck density) as a multiple of
+    # lr: that density starts wide and, at the main lr, needs far more steps to fit than short runs have
+    prior_lr_scale: float
 
     def __post_init__(self):
         if self.steps < 1 or self.lr <= 0:
             raise ValueError(f"stage steps must be >= 1 and lr > 0, got steps={self.steps}, lr={self.lr}")
+        if self.prior_lr_scale <= 0:
+            raise ValueError(f"prior_lr_scale must be > 0, got {self.prior_lr_scale}")
         if list(self.lr_drops) != sorted(self.lr_drops):
             raise ValueError(f"lr_drops must be sorted by step: {self.lr_drops}")
 

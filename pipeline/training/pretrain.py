@@ -96,7 +96,7 @@ class PretrainTrainer(OptimizedTrainer):
         for name, p in self.nets.named_parameters():
             if "lora_" in name:
                 p.requires_grad_(False)  # adapters are trained in stages 1-2 on top of this base
-        self.set_up_optimizers(self.nets.named_parameters(), self.stage.lr, self.stage.lr_drops)
+        self.set_up_optimizers(self.nets, self.stage.lr, self.stage.lr_drops)
         self.net: nn.Module = self.nets
         self.latent_std = torch.ones((), device=self.device)  # running estimate, for the latent scale
         self.step = 0

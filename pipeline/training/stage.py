@@ -7,8 +7,9 @@ directly.
 What trains (ARCHITECTURE.md §1): every parameter ``SPRDiff.freeze_pretrained`` leaves
 trainable -- LoRA adapters of the VAE encoder and UNet, fusion, E_l/D_l, entropy model, T, P,
 semantic projection -- plus the discriminator in stage 2. Optimizers (CompressAI's convention):
-the main one takes all of those except the EntropyBottleneck ``quantiles``; an auxiliary
-Adam minimises ``entropy.aux_loss()`` over the quantiles alone.
+the main one takes all of those except the EntropyBottleneck ``quantiles`` (the factorized
+prior's density in a group of its own when ``prior_lr_scale`` is not 1); an auxiliary Adam
+minimises ``entropy.aux_loss()`` over the quantiles alone.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 
 import torch
+from compressai.entropy_models import EntropyBottleneck
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -51,18 +53,26 @@ class PiecewiseConstant:
         return factor
 
 
-def follow_schedule(scheduler: LambdaLR, schedule: PiecewiseConstant, base_lr: float) -> None:
-    """Put ``schedule`` (a factor of ``base_lr``) back into a LambdaLR whose state was just loaded:
-    LambdaLR's state holds its lambda's attributes, so loading it would otherwise bring back the
-    checkpoint's drops."""
+def follow_schedule(scheduler: LambdaLR, schedule: PiecewiseConstant, base_lrs: list[float]) -> None:
+    """Put ``schedule`` (a factor of each parameter group's ``base_lrs``) back into a LambdaLR whose
+    state was just loaded: LambdaLR's state holds its lambda's attributes, so loading it would
+    otherwise bring back the checkpoint's drops."""
     groups = scheduler.optimizer.param_groups
     scheduler.lr_lambdas = [schedule.copy() for _ in groups]
-    scheduler.base_lrs = [base_lr] * len(groups)
-    lr = base_lr * schedule(scheduler.last_epoch)
-    for group in groups:
+    factor = schedule(scheduler.last_epoch)
+    scheduler.base_lrs = list(base_lrs)
+    for group, base_lr in zip(groups, base_lrs, strict=True):
         group["initial_lr"] = base_lr
-        group["lr"] = lr
-    scheduler._last_lr = [lr] * len(groups)
+        group["lr"] = base_lr * factor
+    scheduler._last_lr = [base_lr * factor for base_lr in base_lrs]
+
+
+def factorized_prior_parameter_names(module: nn.Module) -> list[str]:
+    """Names (in ``module``) of the density parameters of its EntropyBottlenecks (the factorized
+    priors of hyper-latents), without their ``quantiles``."""
+    return [f"{prefix}.{name}" if prefix else name
+            for prefix, sub in module.named_modules() if isinstance(sub, EntropyBottleneck)
+            for name, _ in sub.named_parameters() if not name.endswith(AUX_PARAMETER_SUFFIX.lstrip("."))]
 
 
 def frozen_modules(model: SPRDiff) -> dict[str, nn.Module]:
@@ -80,18 +90,26 @@ class OptimizedTrainer:
     sync_grads: SyncGrads = staticmethod(lambda params: None)
     reduce_mean: ReduceMean = staticmethod(lambda t: t)
 
-    def set_up_optimizers(self, named_parameters: Iterable[tuple[str, nn.Parameter]], lr: float,
-                          lr_drops: Iterable[tuple[int, float]]) -> None:
-        """The main AdamW takes every trainable parameter but the EntropyBottleneck ``quantiles``;
-        an auxiliary Adam takes those alone."""
-        named = [(n, p) for n, p in named_parameters if p.requires_grad]
+    def set_up_optimizers(self, module: nn.Module, lr: float, lr_drops: Iterable[tuple[int, float]],
+                          prior_lr_scale: float = 1.0) -> None:
+        """The main AdamW takes every trainable parameter of ``module`` but the EntropyBottleneck
+        ``quantiles``; an auxiliary Adam takes those alone. With ``prior_lr_scale != 1`` the
+        EntropyBottlenecks' density parameters are a second group of the main AdamW, at that
+        multiple of the lr (same schedule)."""
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         self.main_names = [n for n, _ in named if not n.endswith(AUX_PARAMETER_SUFFIX)]
         self.aux_names = [n for n, _ in named if n.endswith(AUX_PARAMETER_SUFFIX)]
         params = dict(named)
         self.main_params = [params[n] for n in self.main_names]
         self.aux_params = [params[n] for n in self.aux_names]
         opt = self.config.optimizer
-        self.optimizer = torch.optim.AdamW(self.main_params, lr=lr, betas=opt.betas, weight_decay=opt.weight_decay)
+        groups = [{"params": self.main_params, "lr": lr}]
+        if prior_lr_scale != 1.0:
+            prior = set(factorized_prior_parameter_names(module))
+            groups = [{"params": [params[n] for n in self.main_names if n not in prior], "lr": lr},
+                      {"params": [params[n] for n in self.main_names if n in prior], "lr": lr * prior_lr_scale}]
+        self.base_lrs = [group["lr"] for group in groups]
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=opt.betas, weight_decay=opt.weight_decay)
         self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=opt.aux_lr)
         self.schedule = PiecewiseConstant(lr, lr_drops)  # the config's; the schedulers get copies
         self.scheduler = LambdaLR(self.optimizer, self.schedule.copy())
@@ -100,10 +118,15 @@ class OptimizedTrainer:
         """Restore both optimizers and the step count of the schedule from a checkpoint. The schedule
         itself (base lr and drops) stays the config's: a resumed run that edits ``lr_drops`` follows
         the edit from the restored step on."""
+        saved_groups = len(state["optimizer"]["param_groups"])
+        if saved_groups != len(self.base_lrs):
+            raise ValueError(f"the checkpoint's optimizer has {saved_groups} parameter group(s), this run's config "
+                             f"makes {len(self.base_lrs)}: prior_lr_scale was 1 in one and not in the other; resume "
+                             f"with the checkpoint's prior_lr_scale or start a new --output")
         self.optimizer.load_state_dict(state["optimizer"])
         self.aux_optimizer.load_state_dict(state["aux_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        follow_schedule(self.scheduler, self.schedule, self.schedule.base_lr)
+        follow_schedule(self.scheduler, self.schedule, self.base_lrs)
 
     def update(self, loss: torch.Tensor, aux_loss: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Backward ``loss``, clip and step the main optimizer; then minimise ``aux_loss()`` (CompressAI's
@@ -144,7 +167,7 @@ class StageTrainer(OptimizedTrainer):
         model.freeze_pretrained()
         for component in config.train_pretrained:  # no pretrained prior to keep (models trained from scratch)
             getattr(model, component).requires_grad_(True)
-        self.set_up_optimizers(model.named_parameters(), self.stage.lr, self.stage.lr_drops)
+        self.set_up_optimizers(model, self.stage.lr, self.stage.lr_drops, self.stage.prior_lr_scale)
         self.vgg = (VGGFeatures(config.vgg_weights, config.vgg_layer).to(self.device)
                     if self.stage.weights.perceptual > 0 else None)
         self.discriminator: PatchDiscriminator | None = None
@@ -268,7 +291,7 @@ class StageTrainer(OptimizedTrainer):
             self.discriminator.load_state_dict(state["discriminator"])
             self.d_optimizer.load_state_dict(state["d_optimizer"])
             self.d_scheduler.load_state_dict(state["d_scheduler"])
-            follow_schedule(self.d_scheduler, self.schedule, self.config.discriminator.lr)
+            follow_schedule(self.d_scheduler, self.schedule, [self.config.discriminator.lr])
         self.step = int(state["step"])
         self.model.entropy.invalidate_tables()
         self.model.invalidate_fingerprint()

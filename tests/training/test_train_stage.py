@@ -137,6 +137,43 @@ def test_resumed_run_follows_the_configs_schedule_not_the_checkpoints(tmp_path, 
     assert resumed.d_optimizer.param_groups[0]["lr"] == pytest.approx(edited.discriminator.lr)
 
 
+def test_the_hyper_latents_prior_can_learn_at_a_multiple_of_the_lr(tmp_path, train_config):
+    def trainer(scale: float) -> StageTrainer:
+        config = train_config.with_overrides({"stage2.prior_lr_scale": scale, "stage2.lr_drops": [[1, 1e-5]]})
+        return StageTrainer(SPRDiff.from_pretrained("tiny"), config, stage=2)
+
+    plain, scaled = trainer(1.0), trainer(30.0)
+    eb = scaled.model.entropy.codec["hyper"].entropy_bottleneck
+    density = {n: p for n, p in eb.named_parameters() if n != "quantiles"}
+    main, prior = scaled.optimizer.param_groups
+    assert {id(p) for p in prior["params"]} == {id(p) for p in density.values()}
+    assert not {id(p) for p in main["params"]} & {id(p) for p in density.values()}
+    assert len(plain.optimizer.param_groups) == 1
+    assert [g["lr"] for g in scaled.optimizer.param_groups] == pytest.approx([5e-5, 30 * 5e-5])
+
+    before = {n: p.detach().clone() for n, p in density.items()}
+    plain_eb = plain.model.entropy.codec["hyper"].entropy_bottleneck
+    plain_before = {n: p.detach().clone() for n, p in plain_eb.named_parameters() if n != "quantiles"}
+    batch = random_batches(1)[0]
+    for t in (plain, scaled):
+        t.set_train_mode()
+        t.train_step(batch)
+    # Adam's first step moves each parameter by about its lr: 30 times further with the scale
+    moved = max((density[n] - before[n]).abs().max().item() for n in density)
+    plain_moved = max((p - plain_before[n]).abs().max().item() for n, p in plain_eb.named_parameters()
+                      if n != "quantiles")
+    assert moved == pytest.approx(30 * 5e-5, rel=0.05) and plain_moved == pytest.approx(5e-5, rel=0.05)
+
+    scaled.train_step(batch)  # the drop at step 1 applies to both groups
+    assert [g["lr"] for g in scaled.optimizer.param_groups] == pytest.approx([1e-5, 30 * 1e-5])
+    write_checkpoint(tmp_path / "ckpt", {"trainer": scaled.state_dict()})
+    resumed = trainer(30.0)
+    resumed.load_state_dict(read_checkpoint(tmp_path / "ckpt")["trainer"])
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == pytest.approx([1e-5, 30 * 1e-5])
+    with pytest.raises(ValueError, match="prior_lr_scale"):
+        trainer(1.0).load_state_dict(read_checkpoint(tmp_path / "ckpt")["trainer"])
+
+
 def test_export_gives_a_model_the_codec_loads(tmp_path, train_config, sample_images):
     trainer = StageTrainer(SPRDiff.from_pretrained("tiny"), train_config, stage=2, lambda_rate=4)
     trainer.set_train_mode()
