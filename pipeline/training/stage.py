@@ -67,12 +67,11 @@ def follow_schedule(scheduler: LambdaLR, schedule: PiecewiseConstant, base_lrs: 
     scheduler._last_lr = [base_lr * factor for base_lr in base_lrs]
 
 
-def factorized_prior_parameter_names(module: nn.Module) -> list[str]:
-    """Names (in ``module``) of the density parameters of its EntropyBottlenecks (the factorized
-    priors of hyper-latents), without their ``quantiles``."""
-    return [f"{prefix}.{name}" if prefix else name
-            for prefix, sub in module.named_modules() if isinstance(sub, EntropyBottleneck)
-            for name, _ in sub.named_parameters() if not name.endswith(AUX_PARAMETER_SUFFIX.lstrip("."))]
+def factorized_prior_parameters(module: nn.Module) -> set[nn.Parameter]:
+    """The density parameters of ``module``'s EntropyBottlenecks (the factorized priors of
+    hyper-latents), without their ``quantiles``."""
+    return {p for sub in module.modules() if isinstance(sub, EntropyBottleneck)
+            for name, p in sub.named_parameters() if name != "quantiles"}
 
 
 def frozen_modules(model: SPRDiff) -> dict[str, nn.Module]:
@@ -103,11 +102,12 @@ class OptimizedTrainer:
         self.main_params = [params[n] for n in self.main_names]
         self.aux_params = [params[n] for n in self.aux_names]
         opt = self.config.optimizer
-        groups = [{"params": self.main_params, "lr": lr}]
-        if prior_lr_scale != 1.0:
-            prior = set(factorized_prior_parameter_names(module))
-            groups = [{"params": [params[n] for n in self.main_names if n not in prior], "lr": lr},
-                      {"params": [params[n] for n in self.main_names if n in prior], "lr": lr * prior_lr_scale}]
+        if prior_lr_scale == 1.0:
+            groups = [{"params": self.main_params, "lr": lr}]
+        else:
+            prior = factorized_prior_parameters(module)
+            groups = [{"params": [p for p in self.main_params if p not in prior], "lr": lr},
+                      {"params": [p for p in self.main_params if p in prior], "lr": lr * prior_lr_scale}]
         self.base_lrs = [group["lr"] for group in groups]
         self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=opt.betas, weight_decay=opt.weight_decay)
         self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=opt.aux_lr)
