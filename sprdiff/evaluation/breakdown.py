@@ -1,0 +1,46 @@
+"""Where an image's quality goes on its way through the codec: PSNR after each stage of decoding.
+
+A diagnosis for training, not part of the codec: if x̂ is far below the VAE round trip, the
+latent code (rate, T, UNet) is the limit; if the VAE round trip itself is low, the VAE is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sprdiff.evaluation.metrics import psnr
+
+STAGES = {
+    "vae_round_trip": "VAE decoder of the VAE encoder's latent, nothing coded: the ceiling of x̂",
+    "distortion_round_trip": "g_s(g_a(x)), nothing coded: the ceiling of x̄",
+    "x_bar": "x̄ = g_s(T(Ŷ)) from the decoded record: the distortion-aware branch",
+    "x_hat": "x̂, the decoder's output (what decompress returns)",
+}
+
+
+def _to_pixels(x: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """(1, 3, H, W) in [0, 1] -> (height, width, 3) uint8, rounded as decompress rounds."""
+    pixels = (x[0] * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return np.ascontiguousarray(pixels[:height, :width])
+
+
+@torch.no_grad()
+def reconstruction_breakdown(model, image: np.ndarray) -> dict[str, float]:
+    """PSNR (dB) of ``image`` after each entry of :data:`STAGES`, plus its ``bpp`` from the record's bytes.
+
+    The coded stages decode the real record (``model.compress``), so ``x_hat`` is the PSNR of
+    what ``model.decompress`` gives back for this image.
+    """
+    height, width = image.shape[:2]
+    record = model.compress([image])[0]
+    _, y_hat = model.decode_latents(record)
+    x_hat, x_bar = model.synthesis(y_hat)
+    x = model._pad(image)
+    vae_round_trip = (model.vae.decode(model.vae.encode(x * 2 - 1).latent_dist.mean).sample + 1) / 2
+    distortion_round_trip = model.distortion.g_s(model.distortion.g_a(x))
+    outputs = {"vae_round_trip": vae_round_trip, "distortion_round_trip": distortion_round_trip,
+               "x_bar": x_bar, "x_hat": x_hat}
+    result = {name: psnr(image, _to_pixels(out.clamp(0, 1), height, width)) for name, out in outputs.items()}
+    result["bpp"] = 8 * len(record) / (height * width)
+    return result
