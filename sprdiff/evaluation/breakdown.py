@@ -12,8 +12,8 @@ import torch
 from sprdiff.evaluation.metrics import psnr
 
 STAGES = {
-    "vae_round_trip": "VAE decoder of the VAE encoder's latent, nothing coded: the ceiling of x̂",
-    "distortion_round_trip": "g_s(g_a(x)), nothing coded: the ceiling of x̄",
+    "vae_round_trip": "VAE decoder of the (LoRA-tuned) VAE encoder's latent, nothing coded: x̂'s ceiling",
+    "distortion_round_trip": "g_s(g_a(x)), nothing coded: x̄'s ceiling",
     "x_bar": "x̄ = g_s(T(Ŷ)) from the decoded record: the distortion-aware branch",
     "x_hat": "x̂, the decoder's output (what decompress returns)",
 }
