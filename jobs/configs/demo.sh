@@ -2,7 +2,7 @@
 # Retrains the shipped `demo` model (sprdiff/pretrained/demo) from nothing, exactly as it was made:
 # shards of ../shared/data/photos minus 5 held-out photos, then stages 0, 1 and 2 with
 # jobs/configs/demo.json, then copies the model into the package (its evaluation report:
-# jobs/configs/demo_eval.sh). About 3 h of training on 2 CPU cores.
+# jobs/configs/demo_eval.sh). About 3.2 h of training on 2 CPU cores.
 # Rerunning resumes each stage from its last checkpoint under $RUN.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

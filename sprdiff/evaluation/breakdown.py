@@ -6,10 +6,15 @@ latent code (rate, T, UNet) is the limit; if the VAE round trip itself is low, t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from sprdiff.evaluation.metrics import psnr
+
+if TYPE_CHECKING:
+    from sprdiff.model import SPRDiff
 
 STAGES = {
     "vae_round_trip": "VAE decoder of the (LoRA-tuned) VAE encoder's latent, nothing coded: x̂'s ceiling",
@@ -26,7 +31,7 @@ def _to_pixels(x: torch.Tensor, height: int, width: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def reconstruction_breakdown(model, image: np.ndarray) -> dict[str, float]:
+def reconstruction_breakdown(model: SPRDiff, image: np.ndarray) -> dict[str, float]:
     """PSNR (dB) of ``image`` after each entry of :data:`STAGES`, plus its ``bpp`` from the record's bytes.
 
     The coded stages decode the real record (``model.compress``), so ``x_hat`` is the PSNR of
