@@ -18,15 +18,17 @@ def main(model_ref: str, paths: list[Path]) -> None:
         print(f"# {name}: {meaning}")
     columns = ["bpp", *STAGES]
     print(f"{'image':<24}" + "".join(f"{c:>22}" for c in columns))
+
+    def print_row(label: str, values) -> None:
+        print(f"{label:<24}" + "".join(f"{v:>22.4f}" if c == "bpp" else f"{v:>22.2f}"
+                                       for c, v in zip(columns, values, strict=True)), flush=True)
+
     rows = []
     for path in paths:
         result = reconstruction_breakdown(model, load_image(path.read_bytes()))
         rows.append([result[c] for c in columns])
-        print(f"{path.name:<24}" + "".join(f"{v:>22.4f}" if c == "bpp" else f"{v:>22.2f}"
-                                          for c, v in zip(columns, rows[-1], strict=True)), flush=True)
-    mean = np.mean(rows, axis=0)
-    print(f"{'mean':<24}" + "".join(f"{v:>22.4f}" if c == "bpp" else f"{v:>22.2f}"
-                                   for c, v in zip(columns, mean, strict=True)))
+        print_row(path.name, rows[-1])
+    print_row("mean", np.mean(rows, axis=0))
 
 
 if __name__ == "__main__":

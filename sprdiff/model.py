@@ -237,7 +237,7 @@ class SPRDiff(nn.Module):
             for start in range(0, len(indexes), batch_size):
                 chunk = indexes[start:start + batch_size]
                 x_hat, _ = self.synthesis(torch.cat([decoded[i][1] for i in chunk]))
-                pixels = (x_hat * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                pixels = to_uint8_images(x_hat)
                 for i, p in zip(chunk, pixels, strict=True):
                     h, w = decoded[i][0].height, decoded[i][0].width
                     out[i] = np.ascontiguousarray(p[:h, :w])
@@ -253,6 +253,11 @@ class SPRDiff(nn.Module):
         for name, p in self.named_parameters():
             pretrained = name.startswith(("vae.", "unet.", "dino.", "distortion."))
             p.requires_grad_(not pretrained or "lora_" in name)
+
+
+def to_uint8_images(x: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) floats in [0, 1] (clipped if outside) -> (B, H, W, 3) uint8, rounded to nearest."""
+    return (x * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def check_image_array(image: np.ndarray) -> None:

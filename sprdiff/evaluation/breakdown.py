@@ -6,15 +6,11 @@ latent code (rate, T, UNet) is the limit; if the VAE round trip itself is low, t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
 from sprdiff.evaluation.metrics import psnr
-
-if TYPE_CHECKING:
-    from sprdiff.model import SPRDiff
+from sprdiff.model import SPRDiff, to_uint8_images
 
 STAGES = {
     "vae_round_trip": "VAE decoder of the (LoRA-tuned) VAE encoder's latent, nothing coded: x̂'s ceiling",
@@ -22,12 +18,6 @@ STAGES = {
     "x_bar": "x̄ = g_s(T(Ŷ)) from the decoded record: the distortion-aware branch",
     "x_hat": "x̂, the decoder's output (what decompress returns)",
 }
-
-
-def _to_pixels(x: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """(1, 3, H, W) in [0, 1] -> (height, width, 3) uint8, rounded as decompress rounds."""
-    pixels = (x[0] * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return np.ascontiguousarray(pixels[:height, :width])
 
 
 @torch.no_grad()
@@ -46,6 +36,8 @@ def reconstruction_breakdown(model: SPRDiff, image: np.ndarray) -> dict[str, flo
     distortion_round_trip = model.distortion.g_s(model.distortion.g_a(x))
     outputs = {"vae_round_trip": vae_round_trip, "distortion_round_trip": distortion_round_trip,
                "x_bar": x_bar, "x_hat": x_hat}
-    result = {name: psnr(image, _to_pixels(out.clamp(0, 1), height, width)) for name, out in outputs.items()}
+    # the padded outputs cropped back to the image, rounded as decompress rounds
+    result = {name: psnr(image, np.ascontiguousarray(to_uint8_images(out)[0, :height, :width]))
+              for name, out in outputs.items()}
     result["bpp"] = 8 * len(record) / (height * width)
     return result
