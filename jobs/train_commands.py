@@ -34,7 +34,9 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--model", default=None,
                        help="preset or model dir/URI to start from (stages 0-1: the config's 'model'; stage 2: "
                             "the stage-1 run's OUTPUT/model, required)")
-    train.add_argument("--config", default=None, help=f"JSON file merged over {DEFAULT_CONFIG.name}")
+    train.add_argument("--config", action="append", default=[],
+                       help=f"JSON file merged over {DEFAULT_CONFIG.name}; repeat it to merge several in order, "
+                            "e.g. a recipe, then a file changing one stage of it")
     train.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks) (default: 1)")
     train.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker; 0 trains on CPU")
     train.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs reserved per worker (default: 1)")
@@ -80,7 +82,7 @@ def build_run_spec(args: argparse.Namespace):
     from pipeline.training.config import MISSING_VGG_MESSAGE, load_config
     from pipeline.training.loop import RunSpec
 
-    config = load_config(DEFAULT_CONFIG, args.config)
+    config = load_config(DEFAULT_CONFIG, *args.config)
     overrides = {"vgg_weights": args.vgg_weights, "data.crop": args.crop, "data.batch_size": args.batch_size,
                  "checkpoint_every": args.checkpoint_every}
     config = config.with_overrides({k: v for k, v in overrides.items() if v is not None})

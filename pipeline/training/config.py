@@ -223,9 +223,9 @@ def read_json(uri: str | Path) -> dict[str, Any]:
         return json.load(f)
 
 
-def load_config(default_path: str | Path, user_path: str | Path | None = None) -> TrainConfig:
-    """The default file, with ``user_path`` (a partial file is fine) merged over it."""
+def load_config(default_path: str | Path, *user_paths: str | Path) -> TrainConfig:
+    """The default file, with each of ``user_paths`` (partial files are fine) merged over it in order."""
     data = read_json(default_path)
-    if user_path is not None:
-        data = merge(data, read_json(user_path))
+    for path in user_paths:
+        data = merge(data, read_json(path))
     return TrainConfig.from_dict(data)

@@ -50,6 +50,15 @@ def test_user_file_is_merged_over_the_defaults(tmp_path):
     assert config.stage2.lambda_rate == 2 and config.stage2.lr == 5e-5  # the rest stays
 
 
+def test_several_user_files_merge_in_order(tmp_path):
+    recipe, change = tmp_path / "recipe.json", tmp_path / "change.json"
+    recipe.write_text(json.dumps({"stage2": {"lambda_rate": 2, "steps": 100}, "data": {"crop": 128}}))
+    change.write_text(json.dumps({"stage2": {"steps": 300}}))
+    config = load_config(DEFAULT_CONFIG, recipe, change)
+    assert (config.stage2.steps, config.stage2.lambda_rate, config.data.crop) == (300, 2, 128)
+    assert load_config(DEFAULT_CONFIG, change, recipe).stage2.steps == 100  # the last file wins
+
+
 def test_overrides_are_checked():
     config = load_config(DEFAULT_CONFIG)
     assert config.with_overrides({"data.crop": 128}).data.crop == 128
@@ -71,3 +80,14 @@ def test_the_demo_recipe_is_a_valid_config_without_outside_weights():
     assert config.stage2.rate_id_for(config.stage2.lambda_rate) == 0
     script = (Path(DEFAULT_CONFIG).parent / "demo.sh").read_text()
     assert "--stage 0" in script and "--stage 1" in script and "--stage 2" in script
+
+
+def test_the_demo_recipes_second_stage2_run_changes_only_its_schedule():
+    configs = Path(DEFAULT_CONFIG).parent
+    demo = load_config(DEFAULT_CONFIG, configs / "demo.json")
+    continued = load_config(DEFAULT_CONFIG, configs / "demo.json", configs / "demo_stage2_continued.json")
+    assert continued.stage2.lambda_rate == demo.stage2.lambda_rate
+    assert continued.stage2.weights == demo.stage2.weights and continued.stage2.rate_ids == demo.stage2.rate_ids
+    assert continued.stage1 == demo.stage1 and continued.stage0 == demo.stage0
+    assert continued.stage2.steps > 0 and continued.stage2.lr_drops != demo.stage2.lr_drops
+    assert "demo_stage2_continued.json" in (configs / "demo.sh").read_text()
