@@ -3,7 +3,7 @@
 # shards of ../shared/data/photos minus 5 held-out photos, then stages 0, 1 and 2 with
 # jobs/configs/demo.json, a second stage-2 run from the first one's model
 # (jobs/configs/demo_stage2_continued.json), then copies the model into the package (its evaluation report:
-# jobs/configs/demo_eval.sh). About 4.8 h of training on 2 CPU cores.
+# jobs/configs/demo_eval.sh). About 5.6 h of training on 2 CPU cores.
 # Rerunning resumes each stage from its last checkpoint under $RUN.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
