@@ -53,6 +53,9 @@ def add_batch_commands(subparsers: argparse._SubParsersAction) -> None:
                      help="only the first N inputs in sorted order (image files, Parquet rows, or tar shards)")
     enc.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                      help=f"larger images become too_large rows (default: {DEFAULT_MAX_PIXELS:,})")
+    enc.add_argument("--no-colour-correction", dest="colour_correction", action="store_false",
+                     help="do not decode each image at the encoder to fit and send its colour map: about "
+                          "half the encode time, lower PSNR, version-1 records")
     _add_compute_arguments(enc)
     enc.set_defaults(run=run_encode_job_command)
 
@@ -102,7 +105,8 @@ def run_encode_job_command(args: argparse.Namespace) -> int:
     started = time.monotonic()
     config = EncodeJobConfig(input=args.input, output=args.output, model=args.model, input_format=args.input_format,
                              shard_size=args.shard_size, limit=args.limit, max_pixels=args.max_pixels,
-                             image_column=args.image_column, key_column=args.key_column, compute=_compute(args))
+                             image_column=args.image_column, key_column=args.key_column,
+                             colour_correction=args.colour_correction, compute=_compute(args))
     cpus = args.num_cpus or ray_runner.embedded_cpus(config.compute)
     with ray_runner.ray_session(args.address, num_cpus=cpus, temp_dir=args.ray_temp_dir):
         run_encode_job(config, ray_runner.stream_encode, started_at=started)

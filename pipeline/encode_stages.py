@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.inputs import SourceItem, WorkShard, max_file_bytes, read_shard
 from sprdiff import FORMAT_VERSION, SPRDiffError, load_image
+from sprdiff.bitstream import read_header
 from sprdiff.errors import ImageError
 
 MARKER_ITEM = -1
@@ -91,8 +92,9 @@ class EncodeImages:
     bug and raises.
     """
 
-    def __init__(self, model, *, device: str = "cpu", threads: int | None = None):
-        """``model``: a preset name, directory or URI to load, or an already loaded ``SPRDiff``."""
+    def __init__(self, model, *, device: str = "cpu", threads: int | None = None, colour_correction: bool = True):
+        """``model``: a preset name, directory or URI to load, or an already loaded ``SPRDiff``;
+        ``colour_correction``: see ``SPRDiff.compress``."""
         import torch
 
         from sprdiff import SPRDiff
@@ -102,6 +104,7 @@ class EncodeImages:
         self.model = SPRDiff.from_pretrained(model, device=device) if isinstance(model, str) else model
         self.model_id = self.model.model_id
         self.fingerprint = self.model.fingerprint
+        self.colour_correction = colour_correction
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["key"])
@@ -110,21 +113,23 @@ class EncodeImages:
         encode_s = np.zeros(n, dtype=np.float64)
         status = batch["status"].copy()
         error = batch["error"].copy()
+        format_version = np.full(n, FORMAT_VERSION, dtype=np.int32)  # rows without a record: today's version
         for i in range(n):
             if status[i] != "ok":
                 continue
             t0 = time.perf_counter()
             try:
                 pixels = np.require(batch["pixels"][i], requirements=["W"])  # Ray hands out read-only arrays
-                [record] = self.model.compress([pixels])
+                [record] = self.model.compress([pixels], colour_correction=self.colour_correction)
             except SPRDiffError as e:
                 status[i], error[i] = e.status, str(e)
             else:
                 bitstreams[i], num_bytes[i] = record, len(record)
+                format_version[i] = read_header(record)[0].version
             encode_s[i] = time.perf_counter() - t0
         out = {k: v for k, v in batch.items() if k != "pixels"}
         out.update(status=status, error=error, bitstream=bitstreams, num_bytes=num_bytes, encode_s=encode_s,
                    model_id=np.full(n, self.model_id, dtype=object),
                    model_fingerprint=np.full(n, self.fingerprint, dtype=object),
-                   format_version=np.full(n, FORMAT_VERSION, dtype=np.int32))
+                   format_version=format_version)
         return out

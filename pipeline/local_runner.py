@@ -23,7 +23,8 @@ def _table(batch: dict[str, np.ndarray]) -> pa.Table:
 
 def stream_encode(shards: list[WorkShard], config: EncodeJobConfig, *, model=None) -> Iterator[pa.Table]:
     compute = config.compute
-    encoder = EncodeImages(model or config.model, device=compute.actor_device, threads=compute.threads_per_actor)
+    encoder = EncodeImages(model or config.model, device=compute.actor_device, threads=compute.threads_per_actor,
+                           colour_correction=config.colour_correction)
     for shard in shards:
         for batch in read_and_decode({"shard": np.array([shard.to_json()])}, max_pixels=config.max_pixels):
             yield _table(encoder(batch))

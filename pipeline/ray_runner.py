@@ -121,7 +121,7 @@ def stream_encode(shards: list[WorkShard], config: EncodeJobConfig) -> Iterator[
     compute = config.compute
     check_resources(compute)
     actor = _actor_args(compute)
-    actor["fn_constructor_kwargs"]["model"] = config.model
+    actor["fn_constructor_kwargs"].update(model=config.model, colour_correction=config.colour_correction)
     ds = _shard_dataset([s.to_json() for s in shards])
     ds = ds.map_batches(read_and_decode, fn_kwargs={"max_pixels": config.max_pixels}, num_cpus=compute.io_cpus,
                         compute=_io_pool(compute), batch_format="numpy")

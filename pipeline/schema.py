@@ -41,7 +41,7 @@ ARCHIVE_COLUMNS: tuple[Column, ...] = (
     Column("bpp", pa.float64(), True, "8 * num_bytes / (width * height): bits per pixel actually written"),
     Column("model_id", pa.string(), False, "id of the model that ran (its config's model_id)"),
     Column("model_fingerprint", pa.string(), False, "hex SHA-256 of the model's weights and config"),
-    Column("format_version", pa.int32(), False, "bitstream format version the job writes"),
+    Column("format_version", pa.int32(), False, "format version of the row's record (1, or 2 with a colour map)"),
     Column("source_sha256", pa.string(), True, "hex SHA-256 of the input file's bytes (null if unreadable)"),
     Column("source_bytes", pa.int64(), True, "size of the input file in bytes (null if unreadable)"),
     Column("read_s", pa.float64(), False, "seconds spent reading the input bytes"),

@@ -7,11 +7,13 @@ size  field               meaning
 ====  ==================  ==========================================================
 1     magic               ``0xD5``
 1     version             format version (this module writes ``FORMAT_VERSION``)
-1     flags               bits 0-3 rate id, bits 4-5 padding mode, bits 6-7 zero
+1     flags               bits 0-3 rate id, bits 4-5 padding mode, bit 6 colour map
+                          present (version 2 only), bit 7 zero
 var   width - 1           LEB128 varint
 var   height - 1          LEB128 varint
 var   timestep            LEB128 varint, the one-step diffusion timestep
 1     fingerprint tag     first byte of the model's SHA-256 fingerprint
+var   colour map          only if flag bit 6: 12 zigzag LEB128 varints (``sprdiff.colour``)
 var   string lengths      LEB128 varint per entropy-coded string (count fixed by model)
 ...   strings             the entropy-coded strings, concatenated
 4     crc32               CRC-32 of the model's full 32-byte fingerprint followed by
@@ -22,6 +24,9 @@ The CRC is keyed with the full fingerprint, so a record decoded with other weigh
 even when the one-byte tag collides (1 in 256); the tag lets the common case say
 "different model" instead of "corrupt". The declared string lengths let truncation be
 told apart from corruption. A 512x512 image with one string costs 16 bytes of container.
+
+Version 2 added the colour map. A record without one is written as version 1, byte for byte
+what version 1 wrote, so archives stay readable by older sprdiff wherever they can be.
 """
 
 from __future__ import annotations
@@ -32,8 +37,12 @@ from dataclasses import dataclass
 from sprdiff.errors import BitstreamError
 
 MAGIC = 0xD5
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2  # the newest version this module reads and writes
+SUPPORTED_VERSIONS = (1, 2)
+_COLOUR_MAP_FLAG = 0x40
+_COLOUR_MAP_VERSION = 2  # the first version with the colour map
+COLOUR_MAP_LENGTH = 12
+MAX_COLOUR_VALUE = 1 << 12  # bounds each colour-map integer (sprdiff.colour keeps well inside)
 
 PADDING_MODES = {0: "replicate"}  # id -> name; ids are explicit and never reused
 PADDING_IDS = {name: i for i, name in PADDING_MODES.items()}
@@ -57,6 +66,7 @@ class RecordHeader:
     padding: str = "replicate"
     version: int = FORMAT_VERSION
     string_lengths: tuple[int, ...] = ()
+    colour_map: tuple[int, ...] | None = None  # 12 integers, see sprdiff.colour
 
     @property
     def num_pixels(self) -> int:
@@ -75,6 +85,15 @@ def encode_varint(value: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
+
+
+def zigzag(value: int) -> int:
+    """Signed -> unsigned, small magnitudes to small numbers: 0, -1, 1, -2 -> 0, 1, 2, 3."""
+    return 2 * value if value >= 0 else -2 * value - 1
+
+
+def unzigzag(value: int) -> int:
+    return value // 2 if value % 2 == 0 else -(value + 1) // 2
 
 
 def _read_varint(buf: bytes, pos: int, field: str) -> tuple[int, int]:
@@ -108,12 +127,20 @@ def pack(header: RecordHeader, strings: list[bytes], fingerprint: bytes) -> byte
         raise ValueError(f"rate_id must be in 0..{MAX_RATE_ID}, got {header.rate_id}")
     if header.padding not in PADDING_IDS:
         raise ValueError(f"unknown padding mode {header.padding!r}; known: {sorted(PADDING_IDS)}")
-    flags = header.rate_id | (PADDING_IDS[header.padding] << 4)
-    body = bytearray([MAGIC, FORMAT_VERSION, flags])
+    colour_map = header.colour_map
+    if colour_map is not None and (len(colour_map) != COLOUR_MAP_LENGTH
+                                   or not all(abs(v) < MAX_COLOUR_VALUE for v in colour_map)):
+        raise ValueError(f"colour_map must be {COLOUR_MAP_LENGTH} integers of magnitude < {MAX_COLOUR_VALUE}, "
+                         f"got {colour_map}")
+    flags = header.rate_id | (PADDING_IDS[header.padding] << 4) | (_COLOUR_MAP_FLAG if colour_map is not None else 0)
+    version = _COLOUR_MAP_VERSION if colour_map is not None else 1  # the oldest version that can hold it
+    body = bytearray([MAGIC, version, flags])
     body += encode_varint(header.width - 1)
     body += encode_varint(header.height - 1)
     body += encode_varint(header.timestep)
     body.append(fingerprint[0])
+    for v in colour_map or ():
+        body += encode_varint(zigzag(v))
     for s in strings:
         body += encode_varint(len(s))
     for s in strings:
@@ -148,7 +175,8 @@ def read_header(record: bytes, num_strings: int | None = None) -> tuple[RecordHe
         raise BitstreamError(f"truncated record: {len(record)} bytes is shorter than any valid record",
                              status="truncated")
     flags = record[2]
-    if flags & 0xC0 or (flags >> 4) & 0x3 not in PADDING_MODES:
+    allowed = 0x3F | (_COLOUR_MAP_FLAG if version >= _COLOUR_MAP_VERSION else 0)
+    if flags & ~allowed or (flags >> 4) & 0x3 not in PADDING_MODES:
         raise BitstreamError(f"corrupt record: invalid flags byte 0x{flags:02x}", status="corrupt")
     pos = 3
     width_m1, pos = _read_varint(record, pos, "width")
@@ -161,6 +189,15 @@ def read_header(record: bytes, num_strings: int | None = None) -> tuple[RecordHe
         raise BitstreamError("truncated record: it ends before the fingerprint tag", status="truncated")
     tag = record[pos]
     pos += 1
+    colour_map = None
+    if flags & _COLOUR_MAP_FLAG:
+        values = []
+        for i in range(COLOUR_MAP_LENGTH):
+            v, pos = _read_varint(record, pos, f"colour map value {i}")
+            values.append(unzigzag(v))
+        if not all(abs(v) < MAX_COLOUR_VALUE for v in values):
+            raise BitstreamError(f"corrupt record: implausible colour map {values}", status="corrupt")
+        colour_map = tuple(values)
     lengths: list[int] = []
     while num_strings is None or len(lengths) < num_strings:
         n, pos = _read_varint(record, pos, f"length of string {len(lengths)}")
@@ -169,7 +206,7 @@ def read_header(record: bytes, num_strings: int | None = None) -> tuple[RecordHe
             break
     header = RecordHeader(width=width_m1 + 1, height=height_m1 + 1, timestep=timestep,
                           rate_id=flags & 0xF, fingerprint_tag=tag, padding=PADDING_MODES[(flags >> 4) & 0x3],
-                          version=version, string_lengths=tuple(lengths))
+                          version=version, string_lengths=tuple(lengths), colour_map=colour_map)
     return header, pos
 
 

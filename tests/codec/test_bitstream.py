@@ -15,8 +15,13 @@ OTHER_FP = hashlib.sha256(b"model-b").digest()
 assert FP[0] != OTHER_FP[0]
 
 
-def _record(width=512, height=512, strings=(b"\x01" * 1000,), timestep=999, rate_id=3, fp=FP) -> bytes:
-    header = RecordHeader(width=width, height=height, timestep=timestep, rate_id=rate_id, fingerprint_tag=0)
+COLOUR_MAP = (91, -163, 83, -2, 105, -225, 130, -4, -33, 35, -1, 1)  # a real one (photo 045, demo model)
+
+
+def _record(width=512, height=512, strings=(b"\x01" * 1000,), timestep=999, rate_id=3, fp=FP,
+            colour_map=None) -> bytes:
+    header = RecordHeader(width=width, height=height, timestep=timestep, rate_id=rate_id, fingerprint_tag=0,
+                          colour_map=colour_map)
     return pack(header, list(strings), fp)
 
 
@@ -33,7 +38,8 @@ def test_pack_unpack_round_trip():
     header, out = unpack(rec, FP, num_strings=3)
     assert out == strings
     assert (header.width, header.height, header.timestep, header.rate_id) == (37, 1, 5, 15)
-    assert header.fingerprint_tag == FP[0] and header.version == bitstream.FORMAT_VERSION
+    assert header.fingerprint_tag == FP[0] and header.version == 1  # no colour map: version 1, as it always was
+    assert header.colour_map is None
 
 
 def test_container_overhead_is_at_most_16_bytes_for_512px():
@@ -119,3 +125,51 @@ def test_programmer_errors_are_not_bitstream_errors():
         _record(rate_id=16)
     with pytest.raises(TypeError):
         read_header("not bytes")  # type: ignore[arg-type]
+
+
+def test_a_colour_map_makes_a_version_2_record_that_round_trips():
+    plain = _record(strings=(b"abc", b"\x00" * 300))
+    rec = _record(strings=(b"abc", b"\x00" * 300), colour_map=COLOUR_MAP)
+    header, strings = unpack(rec, FP, num_strings=2)
+    assert header.version == 2 and header.colour_map == COLOUR_MAP
+    assert strings == [b"abc", b"\x00" * 300]
+    assert read_header(rec)[0].colour_map == COLOUR_MAP
+    print(f"colour map: {len(rec) - len(plain)} bytes")
+    assert len(plain) < len(rec) <= len(plain) + 24  # 12 zigzag varints of at most 2 bytes
+
+
+@pytest.mark.parametrize("value", [0, -1, 1, -64, 63, -4095, 4095])
+def test_zigzag_round_trip(value):
+    assert bitstream.unzigzag(bitstream.zigzag(value)) == value
+    assert bitstream.zigzag(value) >= 0
+
+
+def test_colour_map_damage_is_refused():
+    rec = _record(strings=(bytes(range(256)),), colour_map=COLOUR_MAP)
+    for i in range(len(rec)):  # flips inside the map too
+        damaged = bytearray(rec)
+        damaged[i] ^= 0x01
+        with pytest.raises(BitstreamError):
+            unpack(bytes(damaged), FP, num_strings=1)
+    for cut in range(len(rec)):
+        with pytest.raises(BitstreamError):
+            unpack(rec[:cut], FP, num_strings=1)
+
+
+def test_a_version_1_record_cannot_claim_a_colour_map():
+    rec = bytearray(_record())
+    rec[2] |= 0x40  # the colour-map flag, which version 1 does not have
+    with pytest.raises(BitstreamError, match="flags") as e:
+        read_header(bytes(rec))
+    assert e.value.status == "corrupt"
+    rec = bytearray(_record(colour_map=COLOUR_MAP))
+    rec[2] |= 0x80  # bit 7 is unused in every version
+    with pytest.raises(BitstreamError, match="flags"):
+        read_header(bytes(rec))
+
+
+def test_a_bad_colour_map_is_a_programmer_error():
+    with pytest.raises(ValueError, match="colour_map"):
+        _record(colour_map=(1, 2, 3))
+    with pytest.raises(ValueError, match="colour_map"):
+        _record(colour_map=(5000,) + (0,) * 11)

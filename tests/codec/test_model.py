@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from sprdiff import BitstreamError, SPRDiff
+from sprdiff import BitstreamError, SPRDiff, bitstream
 from sprdiff.bitstream import read_header
+from sprdiff.evaluation import psnr
 
 
 def _crop(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -114,7 +115,7 @@ def test_damaged_records_raise_the_library_error(tiny_model, sample_images):
     cases = {
         "corrupt": bytes(flipped),
         "truncated": rec[:-7],
-        "future_version": rec[:1] + bytes([rec[1] + 1]) + rec[2:],
+        "future_version": rec[:1] + bytes([bitstream.FORMAT_VERSION + 1]) + rec[2:],
     }
     for status, bad in cases.items():
         with pytest.raises(BitstreamError) as e:
@@ -158,3 +159,15 @@ def test_frozen_and_trainable_parts(tiny_model):
         assert not n.startswith(("vae.", "unet.", "dino.", "distortion.")) or "lora_" in n, n
     assert any(n.startswith("vae.encoder.") for n in trainable)
     assert not any(n.startswith(("vae.decoder.", "dino.", "distortion.")) for n in trainable)
+
+
+def test_colour_correction_adds_a_map_to_the_same_code(tiny_model, sample_images):
+    image = _crop(sample_images["astronaut"], 96, 128)
+    [with_map] = tiny_model.compress([image])
+    [without] = tiny_model.compress([image], colour_correction=False)
+    header, strings = tiny_model.parse(with_map)[0], bitstream.unpack(with_map, tiny_model.fingerprint_bytes, 1)[1]
+    assert header.version == 2 and header.colour_map is not None
+    assert read_header(without)[0].version == 1 and read_header(without)[0].colour_map is None
+    assert strings == bitstream.unpack(without, tiny_model.fingerprint_bytes, 1)[1]  # the latent code is untouched
+    gain = psnr(image, tiny_model.decompress([with_map])[0]) - psnr(image, tiny_model.decompress([without])[0])
+    assert gain > 0.5, f"the map was fitted to lower the error, gained {gain:.2f} dB"

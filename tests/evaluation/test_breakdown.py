@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from sprdiff.evaluation import psnr
-from sprdiff.evaluation.breakdown import STAGES, apply_colour_map, fit_colour_map, reconstruction_breakdown
+from sprdiff.evaluation.breakdown import STAGES, reconstruction_breakdown
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,16 +25,7 @@ def test_breakdown_measures_what_decompress_returns(tiny_model, sample_images):
     assert result["x_hat"] == psnr(image, tiny_model.decompress([record])[0])
     assert all(np.isfinite(v) for v in result.values())
     assert len({round(result[name], 6) for name in STAGES}) == len(STAGES), "each stage is measured on its own output"
-    assert result["x_hat_colour_map"] >= result["x_hat"] - 0.05  # least squares can only lower the error (bar rounding)
-
-
-def test_colour_map_undoes_a_known_colour_shift(sample_images):
-    image = np.ascontiguousarray(sample_images["coffee"][:80, :120])
-    shift = np.array([[0.7, 0.1, 0.0], [0.1, 0.6, 0.1], [0.0, 0.1, 0.8], [20.0, 30.0, 10.0]])  # greyer, offset
-    shifted = apply_colour_map(image, shift)
-    assert psnr(image, shifted) < 25
-    fitted = fit_colour_map(shifted, image)
-    assert psnr(image, apply_colour_map(shifted, fitted)) > 40  # only the 8-bit rounding of `shifted` is left
+    assert result["x_hat"] > result["x_hat_uncorrected"]  # the record's colour map helps the random tiny model
 
 
 def test_breakdown_script_prints_each_image_and_the_mean(tmp_path, sample_images):

@@ -109,6 +109,7 @@ def test_local_encode_job_archive_contract(photo_folder, tmp_path, small_images,
         assert r["bitstream"] == record and r["num_bytes"] == len(record)
         assert r["bpp"] == pytest.approx(8 * len(record) / (r["width"] * r["height"]))
         assert r["model_fingerprint"] == tiny_model.fingerprint and r["error"] is None
+        assert r["format_version"] == 2  # the tiny model's colours are far off: every record carries a map
     for key in ("zero", "cut", "text", "big"):
         assert rows[key]["bitstream"] is None and rows[key]["error"]
     assert rows["zero"]["source_bytes"] == 0 and rows["big"]["width"] is None
@@ -124,6 +125,17 @@ def test_local_encode_job_archive_contract(photo_folder, tmp_path, small_images,
     meta = pq.ParquetFile(out / "part-00000.parquet").schema_arrow.metadata
     assert meta[b"sprdiff.model_fingerprint"].decode() == tiny_model.fingerprint
     assert b"secret" not in b"".join(meta.values()).lower()
+
+
+def test_encode_job_without_colour_correction_writes_version_1_records(photo_folder, tmp_path, small_images,
+                                                                       tiny_model, encode_local):
+    out = tmp_path / "archive"
+    encode_local(photo_folder, out, colour_correction=False)
+    rows = {r["key"]: r for r in pq.read_table(out).to_pylist() if r["status"] == "ok"}
+    assert len(rows) == 5
+    for key, r in rows.items():
+        [record] = tiny_model.compress([small_images[key]], colour_correction=False)
+        assert r["bitstream"] == record and r["format_version"] == 1
 
 
 def test_local_encode_job_resumes_and_refuses_other_settings(photo_folder, tmp_path, encode_local):

@@ -1,0 +1,63 @@
+"""The per-image colour map: fitted by least squares, sent on a 1/128 grid, applied by the decoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sprdiff import colour
+from sprdiff.evaluation import psnr
+
+
+def _uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
+
+
+def _through(image: np.ndarray, colour_map: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(image.astype(np.float64) / 255).permute(2, 0, 1)
+    return colour.apply_colour_map(x, colour_map).permute(1, 2, 0).numpy()
+
+
+def test_a_known_colour_shift_is_undone_through_the_record_grid(sample_images):
+    image = np.ascontiguousarray(sample_images["coffee"][:80, :120])
+    greyer = np.array([[0.7, 0.2, 0.1, 0.05], [0.15, 0.6, 0.15, 0.1], [0.1, 0.1, 0.8, 0.0]])
+    shifted = _uint8(_through(image, greyer))
+    assert psnr(image, shifted) < 25
+    fitted = colour.fit_colour_map(shifted.astype(np.float64) / 255, image.astype(np.float64) / 255)
+    sent = colour.dequantize_colour_map(colour.quantize_colour_map(fitted))
+    assert np.abs(sent - fitted).max() <= 0.5 / colour.COLOUR_MAP_SCALE + 1e-12
+    assert psnr(image, _uint8(_through(shifted, sent))) > 38  # what is left: 8-bit rounding of `shifted`, the grid
+
+
+def test_identity_is_all_zeros_and_the_integers_keep_their_order():
+    identity = np.concatenate([np.eye(3), np.zeros((3, 1))], axis=1)
+    assert colour.quantize_colour_map(identity) == (0,) * 12
+    off = identity.copy()
+    off[1, 3] = 2 / colour.COLOUR_MAP_SCALE  # green's offset
+    assert colour.quantize_colour_map(off) == (0,) * 7 + (2,) + (0,) * 4
+    with pytest.raises(ValueError, match="12 integers"):
+        colour.dequantize_colour_map((0,) * 11)
+
+
+def test_apply_works_on_batches_and_clips():
+    x = torch.rand(2, 3, 5, 7)
+    brighter = np.concatenate([2 * np.eye(3), np.full((3, 1), 0.1)], axis=1)
+    y = colour.apply_colour_map(x, brighter)
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    assert torch.allclose(y[1], colour.apply_colour_map(x[1], brighter))
+    assert torch.allclose(y, (2 * x + 0.1).clamp(0, 1))
+
+
+def test_a_map_is_sent_only_when_its_gain_pays_for_its_bytes():
+    gain = (100.0, 60.0)  # +2.2 dB
+    assert colour.worth_sending(*gain, record_bytes=2000, map_bytes=20)
+    assert not colour.worth_sending(*gain, record_bytes=20, map_bytes=20)  # doubling the record: needs 3 dB
+    assert not colour.worth_sending(100.0, 99.9, record_bytes=2000, map_bytes=20)  # 0.004 dB
+    assert not colour.worth_sending(100.0, 100.0, record_bytes=2000, map_bytes=20)
+    assert colour.worth_sending(100.0, 0.0, record_bytes=20, map_bytes=20)
+
+
+def test_fit_refuses_images_of_two_sizes():
+    with pytest.raises(ValueError, match="one size"):
+        colour.fit_colour_map(np.zeros((4, 4, 3)), np.zeros((4, 5, 3)))
