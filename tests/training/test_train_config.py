@@ -82,12 +82,13 @@ def test_the_demo_recipe_is_a_valid_config_without_outside_weights():
     assert "--stage 0" in script and "--stage 1" in script and "--stage 2" in script
 
 
-def test_the_demo_recipes_second_stage2_run_changes_only_its_schedule():
+@pytest.mark.parametrize("extra", ["demo_stage2_continued.json", "demo_stage2_third.json"])
+def test_the_demo_recipes_later_stage2_runs_change_only_their_schedule(extra):
     configs = Path(DEFAULT_CONFIG).parent
     demo = load_config(DEFAULT_CONFIG, configs / "demo.json")
-    continued = load_config(DEFAULT_CONFIG, configs / "demo.json", configs / "demo_stage2_continued.json")
+    continued = load_config(DEFAULT_CONFIG, configs / "demo.json", configs / extra)
     assert continued.stage2.lambda_rate == demo.stage2.lambda_rate
     assert continued.stage2.weights == demo.stage2.weights and continued.stage2.rate_ids == demo.stage2.rate_ids
     assert continued.stage1 == demo.stage1 and continued.stage0 == demo.stage0
     assert continued.stage2.steps > 0 and continued.stage2.lr_drops != demo.stage2.lr_drops
-    assert "demo_stage2_continued.json" in (configs / "demo.sh").read_text()
+    assert extra in (configs / "demo.sh").read_text()
