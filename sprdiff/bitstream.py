@@ -6,7 +6,7 @@ One record holds one image. All fixed-width integers are little-endian.
 size  field               meaning
 ====  ==================  ==========================================================
 1     magic               ``0xD5``
-1     version             format version (this module writes ``FORMAT_VERSION``)
+1     version             format version: 1, or 2 when the record has a colour map
 1     flags               bits 0-3 rate id, bits 4-5 padding mode, bit 6 colour map
                           present (version 2 only), bit 7 zero
 var   width - 1           LEB128 varint
