@@ -96,6 +96,10 @@ def unzigzag(value: int) -> int:
     return value // 2 if value % 2 == 0 else -(value + 1) // 2
 
 
+def _plausible_colour_map(values) -> bool:
+    return len(values) == COLOUR_MAP_LENGTH and all(abs(v) < MAX_COLOUR_VALUE for v in values)
+
+
 def _read_varint(buf: bytes, pos: int, field: str) -> tuple[int, int]:
     value = 0
     for i in range(_MAX_VARINT_BYTES):
@@ -128,8 +132,7 @@ def pack(header: RecordHeader, strings: list[bytes], fingerprint: bytes) -> byte
     if header.padding not in PADDING_IDS:
         raise ValueError(f"unknown padding mode {header.padding!r}; known: {sorted(PADDING_IDS)}")
     colour_map = header.colour_map
-    if colour_map is not None and (len(colour_map) != COLOUR_MAP_LENGTH
-                                   or not all(abs(v) < MAX_COLOUR_VALUE for v in colour_map)):
+    if colour_map is not None and not _plausible_colour_map(colour_map):
         raise ValueError(f"colour_map must be {COLOUR_MAP_LENGTH} integers of magnitude < {MAX_COLOUR_VALUE}, "
                          f"got {colour_map}")
     flags = header.rate_id | (PADDING_IDS[header.padding] << 4) | (_COLOUR_MAP_FLAG if colour_map is not None else 0)
@@ -195,7 +198,7 @@ def read_header(record: bytes, num_strings: int | None = None) -> tuple[RecordHe
         for i in range(COLOUR_MAP_LENGTH):
             v, pos = _read_varint(record, pos, f"colour map value {i}")
             values.append(unzigzag(v))
-        if not all(abs(v) < MAX_COLOUR_VALUE for v in values):
+        if not _plausible_colour_map(values):
             raise BitstreamError(f"corrupt record: implausible colour map {values}", status="corrupt")
         colour_map = tuple(values)
     lengths: list[int] = []

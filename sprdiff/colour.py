@@ -4,7 +4,7 @@ At < 0.03 bpp the decoder's colours drift (the VAE decoder desaturates; whole im
 hue), and no decoder-side training removed it (docs/demo-model.md). The encoder, which has
 the original, fits the 3x4 affine map that takes the decoded image's RGB closest to the
 original's (least squares), the way a video codec's adaptive loop filter sends Wiener
-coefficients. The record carries it in 12 small integers, about 20 bytes; the decoder
+coefficients. The record carries it in 12 small integers, 12-18 bytes; the decoder
 applies it to x̂ before rounding to 8 bits.
 
 The integers are the map's deviation from identity on a grid of 1/``COLOUR_MAP_SCALE``,

@@ -262,11 +262,15 @@ class SPRDiff(nn.Module):
                 chunk = indexes[start:start + batch_size]
                 x_hat, _ = self.synthesis(torch.cat([decoded[i][1] for i in chunk]))
                 for i, image in zip(chunk, x_hat, strict=True):
-                    header = decoded[i][0]
-                    if header.colour_map is not None:
-                        image = colour.apply_colour_map(image, colour.dequantize_colour_map(header.colour_map))
-                    out[i] = np.ascontiguousarray(to_uint8_images(image[None])[0, :header.height, :header.width])
+                    out[i] = self.output_pixels(image, decoded[i][0])
         return out  # type: ignore[return-value]
+
+    def output_pixels(self, x_hat: torch.Tensor, header: bitstream.RecordHeader) -> np.ndarray:
+        """One synthesised x̂ (3, H', W') of the record with ``header`` -> what ``decompress``
+        returns for it: the record's colour map applied, rounded to uint8, cropped to (H, W, 3)."""
+        if header.colour_map is not None:
+            x_hat = colour.apply_colour_map(x_hat, colour.dequantize_colour_map(header.colour_map))
+        return np.ascontiguousarray(to_uint8_images(x_hat[None])[0, :header.height, :header.width])
 
     # ---- training helpers
 

@@ -31,7 +31,7 @@ def reconstruction_breakdown(model: SPRDiff, image: np.ndarray) -> dict[str, flo
     """
     height, width = image.shape[:2]
     record = model.compress([image])[0]
-    _, y_hat = model.decode_latents(record)
+    header, y_hat = model.decode_latents(record)
     x_hat, x_bar = model.synthesis(y_hat)
     x = model._pad(image)
     vae_round_trip = (model.vae.decode(model.vae.encode(x * 2 - 1).latent_dist.mean).sample + 1) / 2
@@ -40,7 +40,7 @@ def reconstruction_breakdown(model: SPRDiff, image: np.ndarray) -> dict[str, flo
                "x_bar": x_bar, "x_hat_uncorrected": x_hat}
     # the padded outputs cropped back to the image, rounded as decompress rounds
     pixels = {name: np.ascontiguousarray(to_uint8_images(out)[0, :height, :width]) for name, out in outputs.items()}
-    pixels["x_hat"] = model.decompress([record])[0]
+    pixels["x_hat"] = model.output_pixels(x_hat[0], header)  # decompress's pixels, without decoding again
     result = {name: psnr(image, p) for name, p in pixels.items()}
     result["bpp"] = 8 * len(record) / (height * width)
     return result
