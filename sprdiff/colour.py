@@ -59,6 +59,15 @@ def apply_colour_map(x: torch.Tensor, colour_map: np.ndarray) -> torch.Tensor:
     return (torch.einsum("oc,...chw->...ohw", m[:, :3], x) + m[:, 3, None, None]).clamp(0, 1)
 
 
+def correct_on_grid(decoded: np.ndarray, original: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
+    """Fit the map of ``decoded`` (H, W, 3) in [0, 1] to ``original``, put it on the record's grid and
+    apply it: the record's 12 integers and the corrected image (float64, what the decoder gets)."""
+    values = quantize_colour_map(fit_colour_map(decoded, original))
+    corrected = apply_colour_map(torch.from_numpy(np.asarray(decoded, dtype=np.float64)).permute(2, 0, 1),
+                                 dequantize_colour_map(values))
+    return values, corrected.permute(1, 2, 0).numpy()
+
+
 def worth_sending(mse_before: float, mse_after: float, record_bytes: int, map_bytes: int) -> bool:
     """Whether a map that lowers the MSE from ``mse_before`` to ``mse_after`` pays for its bytes."""
     if mse_after >= mse_before:

@@ -218,9 +218,7 @@ class SPRDiff(nn.Module):
         x_hat, _ = self.synthesis(enc.y_hat)
         decoded = x_hat[0, :, :enc.height, :enc.width].permute(1, 2, 0).double().cpu().numpy()
         original = image.astype(np.float64) / 255
-        colour_map = colour.quantize_colour_map(colour.fit_colour_map(decoded, original))
-        corrected = colour.apply_colour_map(torch.from_numpy(decoded).permute(2, 0, 1),
-                                            colour.dequantize_colour_map(colour_map)).permute(1, 2, 0).numpy()
+        colour_map, corrected = colour.correct_on_grid(decoded, original)
         with_map = bitstream.pack(replace(header, colour_map=colour_map), [enc.string], self.fingerprint_bytes)
         mse_before = float(np.mean((decoded - original) ** 2))
         mse_after = float(np.mean((corrected - original) ** 2))

@@ -1,7 +1,8 @@
 """Where an image's quality goes on its way through the codec: PSNR after each stage of decoding.
 
-A diagnosis for training, not part of the codec: if x̂ is far below the VAE round trip, the
-latent code (rate, T, UNet) is the limit; if the VAE round trip itself is low, the VAE is. The
+A diagnosis for training, not part of the codec: if x̂ is far below the VAE round trip through
+a colour map (its ceiling: x̂ passes through the VAE decoder, then the record's colour map),
+the latent code (rate, T, UNet) is the limit; if that ceiling itself is low, the VAE is. The
 gap between x_hat_uncorrected and x_hat is what the record's colour map recovers.
 """
 
@@ -10,11 +11,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sprdiff import colour
 from sprdiff.evaluation.metrics import psnr
 from sprdiff.model import SPRDiff, to_uint8_images
 
 STAGES = {
-    "vae_round_trip": "VAE decoder of the (LoRA-tuned) VAE encoder's latent, nothing coded: x̂'s ceiling",
+    "vae_round_trip": "VAE decoder of the (LoRA-tuned) VAE encoder's latent, nothing coded",
+    "vae_round_trip_mapped": "the VAE round trip through its own colour map on the record's grid: x̂'s ceiling",
     "distortion_round_trip": "g_s(g_a(x)), nothing coded: x̄'s ceiling",
     "x_bar": "x̄ = g_s(T(Ŷ)) from the decoded record: the distortion-aware branch",
     "x_hat_uncorrected": "x̂ before the record's colour map (sprdiff.colour)",
@@ -41,6 +44,9 @@ def reconstruction_breakdown(model: SPRDiff, image: np.ndarray) -> dict[str, flo
     # the padded outputs cropped back to the image, rounded as decompress rounds
     pixels = {name: np.ascontiguousarray(to_uint8_images(out)[0, :height, :width]) for name, out in outputs.items()}
     pixels["x_hat"] = model.output_pixels(x_hat[0], header)  # decompress's pixels, without decoding again
+    round_trip = vae_round_trip[0, :, :height, :width].permute(1, 2, 0).double().cpu().numpy()
+    _, mapped = colour.correct_on_grid(round_trip, image.astype(np.float64) / 255)
+    pixels["vae_round_trip_mapped"] = np.rint(mapped * 255).astype(np.uint8)
     result = {name: psnr(image, p) for name, p in pixels.items()}
     result["bpp"] = 8 * len(record) / (height * width)
     return result

@@ -29,6 +29,11 @@ def test_a_known_colour_shift_is_undone_through_the_record_grid(sample_images):
     assert np.abs(sent - fitted).max() <= 0.5 / colour.COLOUR_MAP_SCALE + 1e-12
     assert psnr(image, _uint8(_through(shifted, sent))) > 38  # what is left: 8-bit rounding of `shifted`, the grid
 
+    # the encoder's one call does the same: the record's integers, and the image the decoder will see
+    values, corrected = colour.correct_on_grid(shifted.astype(np.float64) / 255, image.astype(np.float64) / 255)
+    assert values == colour.quantize_colour_map(fitted)
+    assert psnr(image, _uint8(corrected)) > 38
+
 
 def test_identity_is_all_zeros_and_the_integers_keep_their_order():
     identity = np.concatenate([np.eye(3), np.zeros((3, 1))], axis=1)
