@@ -8,6 +8,8 @@ gap between x_hat_uncorrected and x_hat is what the record's colour map recovers
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -45,8 +47,9 @@ def reconstruction_breakdown(model: SPRDiff, image: np.ndarray) -> dict[str, flo
     pixels = {name: np.ascontiguousarray(to_uint8_images(out)[0, :height, :width]) for name, out in outputs.items()}
     pixels["x_hat"] = model.output_pixels(x_hat[0], header)  # decompress's pixels, without decoding again
     round_trip = vae_round_trip[0, :, :height, :width].permute(1, 2, 0).double().cpu().numpy()
-    _, mapped = colour.correct_on_grid(round_trip, image.astype(np.float64) / 255)
-    pixels["vae_round_trip_mapped"] = np.rint(mapped * 255).astype(np.uint8)
+    mapped = colour.quantize_colour_map(colour.fit_colour_map(round_trip, image.astype(np.float64) / 255))
+    # the round trip as decompress would give it back from a record carrying that map
+    pixels["vae_round_trip_mapped"] = model.output_pixels(vae_round_trip[0], replace(header, colour_map=mapped))
     result = {name: psnr(image, p) for name, p in pixels.items()}
     result["bpp"] = 8 * len(record) / (height * width)
     return result
