@@ -3,8 +3,10 @@
 # shards of ../shared/data/photos minus 5 held-out photos, then stages 0, 1 and 2 with
 # jobs/configs/demo.json, a second stage-2 run from the first one's model
 # (jobs/configs/demo_stage2_continued.json), a third from the second's (jobs/configs/demo_stage2_third.json),
-# then copies the model into the package (its evaluation report: jobs/configs/demo_eval.sh).
-# About 5.9 h of training on 2 CPU cores.
+# a fourth on 256x256 crops from the third's (jobs/configs/demo_stage2_crop256.json), a fifth on 512x512
+# crops from the fourth's (jobs/configs/demo_stage2_crop512.json), then copies the model into the package
+# (its evaluation report: jobs/configs/demo_eval.sh).
+# About 7 h of training on 2 CPU cores.
 # Rerunning resumes each stage from its last checkpoint under $RUN.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -31,8 +33,12 @@ $sprdiff train --stage 2 --config "$CONFIG" --config jobs/configs/demo_stage2_co
     --output "$RUN/stage2-continued" --resume --cpus-per-worker 2 --model "$RUN/stage2/model"
 $sprdiff train --stage 2 --config "$CONFIG" --config jobs/configs/demo_stage2_third.json --data "$RUN/shards" \
     --output "$RUN/stage2-third" --resume --cpus-per-worker 2 --model "$RUN/stage2-continued/model"
+$sprdiff train --stage 2 --config "$CONFIG" --config jobs/configs/demo_stage2_crop256.json --data "$RUN/shards" \
+    --output "$RUN/stage2-crop256" --resume --cpus-per-worker 2 --model "$RUN/stage2-third/model"
+$sprdiff train --stage 2 --config "$CONFIG" --config jobs/configs/demo_stage2_crop512.json --data "$RUN/shards" \
+    --output "$RUN/stage2-crop512" --resume --cpus-per-worker 2 --model "$RUN/stage2-crop256/model"
 
 rm -rf sprdiff/pretrained/demo
 mkdir -p sprdiff/pretrained
-cp -r "$RUN/stage2-third/model" sprdiff/pretrained/demo
+cp -r "$RUN/stage2-crop512/model" sprdiff/pretrained/demo
 echo "demo model written to sprdiff/pretrained/demo; evaluate it with: bash jobs/configs/demo_eval.sh"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -82,8 +83,9 @@ def test_the_demo_recipe_is_a_valid_config_without_outside_weights():
     assert "--stage 0" in script and "--stage 1" in script and "--stage 2" in script
 
 
-@pytest.mark.parametrize("extra", ["demo_stage2_continued.json", "demo_stage2_third.json"])
-def test_the_demo_recipes_later_stage2_runs_change_only_their_schedule(extra):
+@pytest.mark.parametrize("extra", ["demo_stage2_continued.json", "demo_stage2_third.json",
+                                   "demo_stage2_crop256.json", "demo_stage2_crop512.json"])
+def test_the_demo_recipes_later_stage2_runs_change_only_their_schedule_and_crops(extra):
     configs = Path(DEFAULT_CONFIG).parent
     demo = load_config(DEFAULT_CONFIG, configs / "demo.json")
     continued = load_config(DEFAULT_CONFIG, configs / "demo.json", configs / extra)
@@ -91,4 +93,7 @@ def test_the_demo_recipes_later_stage2_runs_change_only_their_schedule(extra):
     assert continued.stage2.weights == demo.stage2.weights and continued.stage2.rate_ids == demo.stage2.rate_ids
     assert continued.stage1 == demo.stage1 and continued.stage0 == demo.stage0
     assert continued.stage2.steps > 0 and continued.stage2.lr_drops != demo.stage2.lr_drops
+    # Larger crops may come with a smaller batch; nothing else about the data changes.
+    assert replace(continued.data, crop=demo.data.crop, batch_size=demo.data.batch_size) == demo.data
+    assert continued.data.crop ** 2 * continued.data.batch_size >= demo.data.crop ** 2 * demo.data.batch_size
     assert extra in (configs / "demo.sh").read_text()
