@@ -40,7 +40,7 @@ def bench_tiny(repeats: int) -> None:
     print(f"== tiny ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params), "
           f"torch threads={torch.get_num_threads()}")
     print(f"{'image':<10} {'size':>9} {'enc ms/MP':>10} {'no-map x':>9} {'dec ms/MP':>10} {'bytes':>7} {'bpp':>7} "
-          f"{'container B':>11} {'written/est %':>13}")  # no-map x: encode time with the colour map / without
+          f"{'container B':>11} {'written/est %':>13}")  # no-map x: encode time with / without colour correction
     for name, img in images.items():
         mp = img.shape[0] * img.shape[1] / 1e6
         [rec] = model.compress([img])

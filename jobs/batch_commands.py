@@ -54,8 +54,8 @@ def add_batch_commands(subparsers: argparse._SubParsersAction) -> None:
     enc.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                      help=f"larger images become too_large rows (default: {DEFAULT_MAX_PIXELS:,})")
     enc.add_argument("--no-colour-correction", dest="colour_correction", action="store_false",
-                     help="do not decode each image at the encoder to fit and send its colour map: about "
-                          "half the encode time, lower PSNR, version-1 records")
+                     help="do not decode each image at the encoder to fit and send its colour map and offset "
+                          "grid: about half the encode time, lower PSNR, version-1 records")
     _add_compute_arguments(enc)
     enc.set_defaults(run=run_encode_job_command)
 

@@ -59,7 +59,7 @@ class EncodeJobConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     image_column: str | None = None
     key_column: str | None = None
-    colour_correction: bool = True  # send each image's colour map (sprdiff.colour); about 2x the encode time
+    colour_correction: bool = True  # send each image's colour map and offset grid; about 2x the encode time
     compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def __post_init__(self) -> None:

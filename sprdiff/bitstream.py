@@ -6,14 +6,18 @@ One record holds one image. All fixed-width integers are little-endian.
 size  field               meaning
 ====  ==================  ==========================================================
 1     magic               ``0xD5``
-1     version             format version: 1, or 2 when the record has a colour map
+1     version             format version: 1; 2 when the record has a colour map; 3 when
+                          it has an offset grid
 1     flags               bits 0-3 rate id, bits 4-5 padding mode, bit 6 colour map
-                          present (version 2 only), bit 7 zero
+                          present (version >= 2), bit 7 offset grid present (version 3)
 var   width - 1           LEB128 varint
 var   height - 1          LEB128 varint
 var   timestep            LEB128 varint, the one-step diffusion timestep
 1     fingerprint tag     first byte of the model's SHA-256 fingerprint
 var   colour map          only if flag bit 6: 12 zigzag LEB128 varints (``sprdiff.colour``)
+var   offset grid         only if flag bit 7 (``sprdiff.offset_grid``): rows - 1 and
+                          cols - 1 (LEB128 varints), 3 bytes of scale indexes (R, G, B),
+                          the length of its rANS string (LEB128 varint), the string
 var   string lengths      LEB128 varint per entropy-coded string (count fixed by model)
 ...   strings             the entropy-coded strings, concatenated
 4     crc32               CRC-32 of the model's full 32-byte fingerprint followed by
@@ -25,8 +29,9 @@ even when the one-byte tag collides (1 in 256); the tag lets the common case say
 "different model" instead of "corrupt". The declared string lengths let truncation be
 told apart from corruption. A 512x512 image with one string costs 16 bytes of container.
 
-Version 2 added the colour map. A record without one is written as version 1, byte for byte
-what version 1 wrote, so archives stay readable by older sprdiff wherever they can be.
+Version 2 added the colour map, version 3 the offset grid. A record is written in the oldest
+version that can hold it (without either, byte for byte what version 1 wrote), so archives stay
+readable by older sprdiff wherever they can be.
 """
 
 from __future__ import annotations
@@ -37,12 +42,16 @@ from dataclasses import dataclass
 from sprdiff.errors import BitstreamError
 
 MAGIC = 0xD5
-FORMAT_VERSION = 2  # the newest version this module reads and writes
-SUPPORTED_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # the newest version this module reads and writes
+SUPPORTED_VERSIONS = (1, 2, 3)
 _COLOUR_MAP_FLAG = 0x40
 _COLOUR_MAP_VERSION = 2  # the first version with the colour map
 COLOUR_MAP_LENGTH = 12
 MAX_COLOUR_VALUE = 1 << 12  # bounds each colour-map integer (sprdiff.colour keeps well inside)
+_OFFSET_GRID_FLAG = 0x80
+_OFFSET_GRID_VERSION = 3  # the first version with the offset grid
+MAX_GRID_SIDE = 256  # rows and columns of an offset grid
+GRID_SCALE_INDEXES = 64  # CompressAI's standard scale table (sprdiff.offset_grid checks it)
 
 PADDING_MODES = {0: "replicate"}  # id -> name; ids are explicit and never reused
 PADDING_IDS = {name: i for i, name in PADDING_MODES.items()}
@@ -52,6 +61,25 @@ MAX_SIDE = 1 << 24  # far beyond any pixel limit; bounds varint parsing
 _MAX_VARINT_BYTES = 5
 _CRC_BYTES = 4
 _MIN_RECORD = 1 + 1 + 1 + 1 + 1 + 1 + 1 + _CRC_BYTES  # magic..tag with 1-byte varints, no strings
+
+
+@dataclass(frozen=True)
+class CodedOffsetGrid:
+    """A record's offset grid as sent: its size, one scale index per channel and the rANS string
+    of its 3 x rows x cols integers (``sprdiff.offset_grid`` codes and decodes them)."""
+
+    rows: int
+    cols: int
+    scale_indexes: tuple[int, int, int]
+    string: bytes
+
+    def problem(self) -> str | None:
+        """Why this grid cannot be in a record, or None."""
+        if not (1 <= self.rows <= MAX_GRID_SIDE and 1 <= self.cols <= MAX_GRID_SIDE):
+            return f"an offset grid is 1..{MAX_GRID_SIDE} rows and columns, got {self.rows}x{self.cols}"
+        if len(self.scale_indexes) != 3 or not all(0 <= i < GRID_SCALE_INDEXES for i in self.scale_indexes):
+            return f"an offset grid has 3 scale indexes in 0..{GRID_SCALE_INDEXES - 1}, got {self.scale_indexes}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -67,6 +95,7 @@ class RecordHeader:
     version: int = FORMAT_VERSION
     string_lengths: tuple[int, ...] = ()
     colour_map: tuple[int, ...] | None = None  # 12 integers, see sprdiff.colour
+    offset_grid: CodedOffsetGrid | None = None  # see sprdiff.offset_grid
 
     @property
     def num_pixels(self) -> int:
@@ -135,8 +164,13 @@ def pack(header: RecordHeader, strings: list[bytes], fingerprint: bytes) -> byte
     if colour_map is not None and not _plausible_colour_map(colour_map):
         raise ValueError(f"colour_map must be {COLOUR_MAP_LENGTH} integers of magnitude < {MAX_COLOUR_VALUE}, "
                          f"got {colour_map}")
-    flags = header.rate_id | (PADDING_IDS[header.padding] << 4) | (_COLOUR_MAP_FLAG if colour_map is not None else 0)
-    version = _COLOUR_MAP_VERSION if colour_map is not None else 1  # the oldest version that can hold it
+    grid = header.offset_grid
+    if grid is not None and grid.problem():
+        raise ValueError(grid.problem())
+    flags = (header.rate_id | (PADDING_IDS[header.padding] << 4) | (_COLOUR_MAP_FLAG if colour_map is not None else 0)
+             | (_OFFSET_GRID_FLAG if grid is not None else 0))
+    # the oldest version that can hold the record
+    version = _OFFSET_GRID_VERSION if grid is not None else _COLOUR_MAP_VERSION if colour_map is not None else 1
     body = bytearray([MAGIC, version, flags])
     body += encode_varint(header.width - 1)
     body += encode_varint(header.height - 1)
@@ -144,6 +178,9 @@ def pack(header: RecordHeader, strings: list[bytes], fingerprint: bytes) -> byte
     body.append(fingerprint[0])
     for v in colour_map or ():
         body += encode_varint(zigzag(v))
+    if grid is not None:
+        body += encode_varint(grid.rows - 1) + encode_varint(grid.cols - 1) + bytes(grid.scale_indexes)
+        body += encode_varint(len(grid.string)) + grid.string
     for s in strings:
         body += encode_varint(len(s))
     for s in strings:
@@ -178,7 +215,8 @@ def read_header(record: bytes, num_strings: int | None = None) -> tuple[RecordHe
         raise BitstreamError(f"truncated record: {len(record)} bytes is shorter than any valid record",
                              status="truncated")
     flags = record[2]
-    allowed = 0x3F | (_COLOUR_MAP_FLAG if version >= _COLOUR_MAP_VERSION else 0)
+    allowed = (0x3F | (_COLOUR_MAP_FLAG if version >= _COLOUR_MAP_VERSION else 0)
+               | (_OFFSET_GRID_FLAG if version >= _OFFSET_GRID_VERSION else 0))
     if flags & ~allowed or (flags >> 4) & 0x3 not in PADDING_MODES:
         raise BitstreamError(f"corrupt record: invalid flags byte 0x{flags:02x}", status="corrupt")
     pos = 3
@@ -201,6 +239,9 @@ def read_header(record: bytes, num_strings: int | None = None) -> tuple[RecordHe
         if not _plausible_colour_map(values):
             raise BitstreamError(f"corrupt record: implausible colour map {values}", status="corrupt")
         colour_map = tuple(values)
+    offset_grid = None
+    if flags & _OFFSET_GRID_FLAG:
+        offset_grid, pos = _read_offset_grid(record, pos)
     lengths: list[int] = []
     while num_strings is None or len(lengths) < num_strings:
         n, pos = _read_varint(record, pos, f"length of string {len(lengths)}")
@@ -209,8 +250,25 @@ def read_header(record: bytes, num_strings: int | None = None) -> tuple[RecordHe
             break
     header = RecordHeader(width=width_m1 + 1, height=height_m1 + 1, timestep=timestep,
                           rate_id=flags & 0xF, fingerprint_tag=tag, padding=PADDING_MODES[(flags >> 4) & 0x3],
-                          version=version, string_lengths=tuple(lengths), colour_map=colour_map)
+                          version=version, string_lengths=tuple(lengths), colour_map=colour_map,
+                          offset_grid=offset_grid)
     return header, pos
+
+
+def _read_offset_grid(record: bytes, pos: int) -> tuple[CodedOffsetGrid, int]:
+    rows_m1, pos = _read_varint(record, pos, "offset grid rows")
+    cols_m1, pos = _read_varint(record, pos, "offset grid columns")
+    if pos + 3 > len(record):
+        raise BitstreamError("truncated record: it ends inside the offset grid's scale indexes", status="truncated")
+    scale_indexes = tuple(record[pos:pos + 3])
+    length, pos = _read_varint(record, pos + 3, "offset grid length")
+    if pos + length > len(record):
+        raise BitstreamError("truncated record: it ends inside the offset grid", status="truncated")
+    grid = CodedOffsetGrid(rows=rows_m1 + 1, cols=cols_m1 + 1, scale_indexes=scale_indexes,  # type: ignore[arg-type]
+                           string=record[pos:pos + length])
+    if grid.problem():
+        raise BitstreamError(f"corrupt record: {grid.problem()}", status="corrupt")
+    return grid, pos + length
 
 
 def unpack(record: bytes, fingerprint: bytes, num_strings: int) -> tuple[RecordHeader, list[bytes]]:

@@ -41,7 +41,8 @@ def add_codec_commands(subparsers: argparse._SubParsersAction) -> None:
     enc.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                      help=f"reject larger images (default: {DEFAULT_MAX_PIXELS:,})")
     enc.add_argument("--no-colour-correction", dest="colour_correction", action="store_false",
-                     help="skip the colour map (sprdiff.colour): about half the encode time, lower PSNR")
+                     help="skip the colour map and offset grid (sprdiff.colour, sprdiff.offset_grid): "
+                          "about half the encode time, lower PSNR")
     add_model_arguments(enc)
     enc.set_defaults(run=run_encode)
 
@@ -126,6 +127,7 @@ def record_info(record: bytes) -> dict:
         "format_version": header.version, "width": header.width, "height": header.height,
         "rate_id": header.rate_id, "timestep": header.timestep, "padding": header.padding,
         "fingerprint_tag": f"{header.fingerprint_tag:02x}", "colour_map": header.colour_map is not None,
+        "offset_grid": None if header.offset_grid is None else f"{header.offset_grid.rows}x{header.offset_grid.cols}",
         "num_bytes": len(record),
         "bpp": 8 * len(record) / header.num_pixels,
         "container_bytes": len(record) - sum(header.string_lengths),

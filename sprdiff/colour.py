@@ -68,11 +68,18 @@ def correct_on_grid(decoded: np.ndarray, original: np.ndarray) -> tuple[tuple[in
     return values, corrected.permute(1, 2, 0).numpy()
 
 
+def net_gain_db(mse_before: float, mse_after: float, record_bytes: int, extra_bytes: int) -> float:
+    """The PSNR gain of a side channel that lowers the MSE from ``mse_before`` to ``mse_after``, less
+    what its ``extra_bytes`` on a record of ``record_bytes`` must buy (``MIN_DB_PER_RATE_DOUBLING``
+    per doubling): positive when it pays for its bytes."""
+    if mse_after >= mse_before:
+        return -np.inf
+    if mse_after <= 0:
+        return np.inf
+    gain_db = 10 * np.log10(mse_before / mse_after)
+    return float(gain_db - MIN_DB_PER_RATE_DOUBLING * np.log2((record_bytes + extra_bytes) / record_bytes))
+
+
 def worth_sending(mse_before: float, mse_after: float, record_bytes: int, map_bytes: int) -> bool:
     """Whether a map that lowers the MSE from ``mse_before`` to ``mse_after`` pays for its bytes."""
-    if mse_after >= mse_before:
-        return False
-    if mse_after <= 0:
-        return True
-    gain_db = 10 * np.log10(mse_before / mse_after)
-    return bool(gain_db >= MIN_DB_PER_RATE_DOUBLING * np.log2((record_bytes + map_bytes) / record_bytes))
+    return net_gain_db(mse_before, mse_after, record_bytes, map_bytes) >= 0

@@ -17,7 +17,7 @@ from compressai.layers import ResidualBlock, subpel_conv3x3
 from diffusers import DDPMScheduler
 from torch import nn
 
-from sprdiff import bitstream, colour
+from sprdiff import bitstream, colour, offset_grid
 from sprdiff.config import SPRDiffConfig
 from sprdiff.entropy import SpaceChannelEntropyModel
 from sprdiff.fusion import Fusion
@@ -194,9 +194,10 @@ class SPRDiff(nn.Module):
         """(H, W, 3) uint8 arrays of any sizes -> one record each.
 
         With ``colour_correction`` (the default) the encoder also decodes each image and sends
-        the affine colour map that brings the decoded colours closest to the original's, when
-        its gain is worth its 12-18 bytes (``sprdiff.colour``). That decode about doubles the
-        encoding time (``bench/bench_codec.py``); ``False`` skips it and writes version-1 records.
+        what brings the decoded colours closest to the original's, each when its gain is worth
+        its bytes: the affine colour map (12-18 bytes, ``sprdiff.colour``), then a coarse grid of
+        RGB offsets (``sprdiff.offset_grid``). That decode about doubles the encoding time
+        (``bench/bench_codec.py``); ``False`` skips it and writes version-1 records.
 
         Each image goes through the encoder alone, so its bytes never depend on the other
         images in the call (batched float kernels may differ in the last bit).
@@ -206,25 +207,30 @@ class SPRDiff(nn.Module):
             enc = self.encode_image(image)
             header = bitstream.RecordHeader(width=enc.width, height=enc.height, timestep=self.config.timestep,
                                             rate_id=self.config.rate_id, fingerprint_tag=0)
-            record = bitstream.pack(header, [enc.string], self.fingerprint_bytes)
             if colour_correction:
-                record = self._with_colour_map(record, header, enc, image)
-            records.append(record)
+                records.append(self._with_colour_correction(header, enc, image))
+            else:
+                records.append(bitstream.pack(header, [enc.string], self.fingerprint_bytes))
         return records
 
-    def _with_colour_map(self, record: bytes, header: bitstream.RecordHeader, enc: EncodedImage,
-                         image: np.ndarray) -> bytes:
-        """``record`` with the fitted colour map added, if the map is worth its bytes."""
+    def _with_colour_correction(self, header: bitstream.RecordHeader, enc: EncodedImage,
+                                image: np.ndarray) -> bytes:
+        """The record with the colour map and the offset grid, each if it pays for its bytes."""
+        def pack(h: bitstream.RecordHeader) -> bytes:
+            return bitstream.pack(h, [enc.string], self.fingerprint_bytes)
+
         x_hat, _ = self.synthesis(enc.y_hat)
         decoded = x_hat[0, :, :enc.height, :enc.width].permute(1, 2, 0).double().cpu().numpy()
         original = image.astype(np.float64) / 255
-        colour_map, corrected = colour.correct_on_grid(decoded, original)
-        with_map = bitstream.pack(replace(header, colour_map=colour_map), [enc.string], self.fingerprint_bytes)
-        mse_before = float(np.mean((decoded - original) ** 2))
-        mse_after = float(np.mean((corrected - original) ** 2))
-        if colour.worth_sending(mse_before, mse_after, len(record), len(with_map) - len(record)):
-            return with_map
-        return record
+        record = pack(header)
+        colour_map, mapped = colour.correct_on_grid(decoded, original)
+        with_map = replace(header, colour_map=colour_map)
+        if colour.worth_sending(float(np.mean((decoded - original) ** 2)), float(np.mean((mapped - original) ** 2)),
+                                len(record), len(pack(with_map)) - len(record)):
+            header, decoded, record = with_map, mapped, pack(with_map)
+        choice = offset_grid.choose_grid(decoded, original, len(record),
+                                         lambda grid: len(pack(replace(header, offset_grid=grid))) - len(record))
+        return record if choice is None else pack(replace(header, offset_grid=choice.grid))
 
     def parse(self, record: bytes) -> tuple[bitstream.RecordHeader, bytes]:
         """Verify one record for this model; raises :class:`BitstreamError` on any problem."""
@@ -265,10 +271,14 @@ class SPRDiff(nn.Module):
 
     def output_pixels(self, x_hat: torch.Tensor, header: bitstream.RecordHeader) -> np.ndarray:
         """One synthesised x̂ (3, H', W') of the record with ``header`` -> what ``decompress``
-        returns for it: the record's colour map applied, rounded to uint8, cropped to (H, W, 3)."""
+        returns for it: cropped to (H, W, 3), the record's colour map and offset grid applied,
+        rounded to uint8."""
+        x_hat = x_hat[:, :header.height, :header.width]
         if header.colour_map is not None:
             x_hat = colour.apply_colour_map(x_hat, colour.dequantize_colour_map(header.colour_map))
-        return np.ascontiguousarray(to_uint8_images(x_hat[None])[0, :header.height, :header.width])
+        if header.offset_grid is not None:
+            x_hat = offset_grid.apply_offsets(x_hat, header.offset_grid)
+        return np.ascontiguousarray(to_uint8_images(x_hat[None])[0])
 
     # ---- training helpers
 

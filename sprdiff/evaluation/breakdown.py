@@ -3,7 +3,7 @@
 A diagnosis for training, not part of the codec: if x̂ is far below the VAE round trip through
 a colour map (its ceiling: x̂ passes through the VAE decoder, then the record's colour map),
 the latent code (rate, T, UNet) is the limit; if that ceiling itself is low, the VAE is. The
-gap between x_hat_uncorrected and x_hat is what the record's colour map recovers.
+gap between x_hat_uncorrected and x_hat is what the record's colour map and offset grid recover.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ STAGES = {
     "vae_round_trip_mapped": "the VAE round trip through its own colour map on the record's grid: x̂'s ceiling",
     "distortion_round_trip": "g_s(g_a(x)), nothing coded: x̄'s ceiling",
     "x_bar": "x̄ = g_s(T(Ŷ)) from the decoded record: the distortion-aware branch",
-    "x_hat_uncorrected": "x̂ before the record's colour map (sprdiff.colour)",
+    "x_hat_uncorrected": "x̂ before the record's colour map and offset grid (sprdiff.colour, sprdiff.offset_grid)",
     "x_hat": "x̂, the decoder's output (what decompress returns)",
 }
 
@@ -48,8 +48,9 @@ def reconstruction_breakdown(model: SPRDiff, image: np.ndarray) -> dict[str, flo
     pixels["x_hat"] = model.output_pixels(x_hat[0], header)  # decompress's pixels, without decoding again
     round_trip = vae_round_trip[0, :, :height, :width].permute(1, 2, 0).double().cpu().numpy()
     mapped = colour.quantize_colour_map(colour.fit_colour_map(round_trip, image.astype(np.float64) / 255))
-    # the round trip as decompress would give it back from a record carrying that map
-    pixels["vae_round_trip_mapped"] = model.output_pixels(vae_round_trip[0], replace(header, colour_map=mapped))
+    # the round trip as decompress would give it back from a record carrying that map (and no grid)
+    pixels["vae_round_trip_mapped"] = model.output_pixels(vae_round_trip[0],
+                                                          replace(header, colour_map=mapped, offset_grid=None))
     result = {name: psnr(image, p) for name, p in pixels.items()}
     result["bpp"] = 8 * len(record) / (height * width)
     return result

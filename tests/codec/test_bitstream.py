@@ -18,10 +18,13 @@ assert FP[0] != OTHER_FP[0]
 COLOUR_MAP = (91, -163, 83, -2, 105, -225, 130, -4, -33, 35, -1, 1)  # a real one (photo 045, demo model)
 
 
+GRID = bitstream.CodedOffsetGrid(rows=8, cols=12, scale_indexes=(21, 20, 63), string=bytes(range(7, 107)))
+
+
 def _record(width=512, height=512, strings=(b"\x01" * 1000,), timestep=999, rate_id=3, fp=FP,
-            colour_map=None) -> bytes:
+            colour_map=None, offset_grid=None) -> bytes:
     header = RecordHeader(width=width, height=height, timestep=timestep, rate_id=rate_id, fingerprint_tag=0,
-                          colour_map=colour_map)
+                          colour_map=colour_map, offset_grid=offset_grid)
     return pack(header, list(strings), fp)
 
 
@@ -163,7 +166,7 @@ def test_a_version_1_record_cannot_claim_a_colour_map():
         read_header(bytes(rec))
     assert e.value.status == "corrupt"
     rec = bytearray(_record(colour_map=COLOUR_MAP))
-    rec[2] |= 0x80  # bit 7 is unused in every version
+    rec[2] |= 0x80  # the offset-grid flag, which version 2 does not have
     with pytest.raises(BitstreamError, match="flags"):
         read_header(bytes(rec))
 
@@ -173,3 +176,41 @@ def test_a_bad_colour_map_is_a_programmer_error():
         _record(colour_map=(1, 2, 3))
     with pytest.raises(ValueError, match="colour_map"):
         _record(colour_map=(5000,) + (0,) * 11)
+
+
+@pytest.mark.parametrize("colour_map", [None, COLOUR_MAP])
+def test_an_offset_grid_makes_a_version_3_record_that_round_trips(colour_map):
+    plain = _record(strings=(b"abc", b"\x00" * 300), colour_map=colour_map)
+    rec = _record(strings=(b"abc", b"\x00" * 300), colour_map=colour_map, offset_grid=GRID)
+    header, strings = unpack(rec, FP, num_strings=2)
+    assert header.version == 3 and header.offset_grid == GRID and header.colour_map == colour_map
+    assert strings == [b"abc", b"\x00" * 300]
+    assert read_header(rec)[0].offset_grid == GRID
+    # rows, cols: 1 byte each; 3 scale indexes; the string's length (1 byte) and the string
+    assert len(rec) - len(plain) == 2 + 3 + 1 + len(GRID.string)
+
+
+def test_offset_grid_damage_is_refused():
+    rec = _record(strings=(bytes(range(256)),), colour_map=COLOUR_MAP, offset_grid=GRID)
+    for i in range(len(rec)):
+        damaged = bytearray(rec)
+        damaged[i] ^= 0x01
+        with pytest.raises(BitstreamError):
+            unpack(bytes(damaged), FP, num_strings=1)
+    for cut in range(len(rec)):
+        with pytest.raises(BitstreamError) as e:
+            unpack(rec[:cut], FP, num_strings=1)
+        assert e.value.status == "truncated" or cut < 3, (cut, e.value)
+
+
+def test_an_implausible_offset_grid_is_corrupt_and_a_bad_one_a_programmer_error():
+    rec = bytearray(_record(offset_grid=GRID))
+    start = rec.index(bytes([GRID.rows - 1, GRID.cols - 1]) + bytes(GRID.scale_indexes))
+    rec[start + 2] = bitstream.GRID_SCALE_INDEXES  # a scale index past the table
+    with pytest.raises(BitstreamError, match="scale indexes") as e:
+        read_header(bytes(rec))
+    assert e.value.status == "corrupt"
+    with pytest.raises(ValueError, match="rows and columns"):
+        _record(offset_grid=bitstream.CodedOffsetGrid(rows=0, cols=3, scale_indexes=(1, 1, 1), string=b"x"))
+    with pytest.raises(ValueError, match="scale indexes"):
+        _record(offset_grid=bitstream.CodedOffsetGrid(rows=2, cols=3, scale_indexes=(1, 1), string=b"x"))

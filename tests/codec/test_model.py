@@ -161,12 +161,13 @@ def test_frozen_and_trainable_parts(tiny_model):
     assert not any(n.startswith(("vae.decoder.", "dino.", "distortion.")) for n in trainable)
 
 
-def test_colour_correction_adds_a_map_to_the_same_code(tiny_model, sample_images):
+def test_colour_correction_adds_a_map_and_a_grid_to_the_same_code(tiny_model, sample_images):
     image = _crop(sample_images["astronaut"], 96, 128)
     [with_map] = tiny_model.compress([image])
     [without] = tiny_model.compress([image], colour_correction=False)
     header, strings = tiny_model.parse(with_map)[0], bitstream.unpack(with_map, tiny_model.fingerprint_bytes, 1)[1]
-    assert header.version == 2 and header.colour_map is not None
+    assert header.version == 3 and header.colour_map is not None and header.offset_grid is not None
+    assert tiny_model.decompress([with_map])[0].shape == image.shape
     assert read_header(without)[0].version == 1 and read_header(without)[0].colour_map is None
     assert strings == bitstream.unpack(without, tiny_model.fingerprint_bytes, 1)[1]  # the latent code is untouched
     gain = psnr(image, tiny_model.decompress([with_map])[0]) - psnr(image, tiny_model.decompress([without])[0])
