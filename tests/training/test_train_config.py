@@ -84,7 +84,8 @@ def test_the_demo_recipe_is_a_valid_config_without_outside_weights():
 
 
 @pytest.mark.parametrize("extra", ["demo_stage2_continued.json", "demo_stage2_third.json",
-                                   "demo_stage2_crop256.json", "demo_stage2_crop512.json"])
+                                   "demo_stage2_crop256.json", "demo_stage2_crop512.json",
+                                   "demo_stage2_crop512_second.json"])
 def test_the_demo_recipes_later_stage2_runs_change_only_their_schedule_and_crops(extra):
     configs = Path(DEFAULT_CONFIG).parent
     demo = load_config(DEFAULT_CONFIG, configs / "demo.json")
