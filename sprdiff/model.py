@@ -225,9 +225,10 @@ class SPRDiff(nn.Module):
         record = pack(header)
         colour_map, mapped = colour.correct_on_grid(decoded, original)
         with_map = replace(header, colour_map=colour_map)
+        record_with_map = pack(with_map)
         if colour.worth_sending(float(np.mean((decoded - original) ** 2)), float(np.mean((mapped - original) ** 2)),
-                                len(record), len(pack(with_map)) - len(record)):
-            header, decoded, record = with_map, mapped, pack(with_map)
+                                len(record), len(record_with_map) - len(record)):
+            header, decoded, record = with_map, mapped, record_with_map
         choice = offset_grid.choose_grid(decoded, original, len(record),
                                          lambda grid: len(pack(replace(header, offset_grid=grid))) - len(record))
         return record if choice is None else pack(replace(header, offset_grid=choice.grid))

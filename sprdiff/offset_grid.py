@@ -81,11 +81,9 @@ def encode_values(values: np.ndarray) -> CodedOffsetGrid:
     makes it shortest (estimated from the Gaussian's likelihoods), all in one rANS string."""
     coder = _gaussian_conditional()
     v = torch.as_tensor(values, dtype=torch.float32)
-    scales = coder.scale_table.to(torch.float32)
-    scale_indexes = []
-    for channel in v:
-        bits = [-torch.log2(coder._likelihood(channel, s).clamp_min(1e-9)).sum() for s in scales]
-        scale_indexes.append(int(torch.argmin(torch.stack(bits))))
+    scales = coder.scale_table.to(torch.float32)[:, None, None, None]  # (scales, 1, 1, 1) against (3, rows, cols)
+    bits = -torch.log2(coder._likelihood(v[None], scales).clamp_min(1e-9)).sum(dim=(2, 3))  # (scales, 3)
+    scale_indexes = [int(i) for i in bits.argmin(dim=0)]
     indexes = torch.tensor(scale_indexes, dtype=torch.int32)[:, None, None].expand_as(v)
     [string] = coder.compress(v.reshape(1, 1, -1), indexes.reshape(1, 1, -1).contiguous())
     return CodedOffsetGrid(rows=v.shape[1], cols=v.shape[2], scale_indexes=tuple(scale_indexes), string=string)
@@ -99,10 +97,15 @@ def decode_values(grid: CodedOffsetGrid) -> np.ndarray:
     return values.reshape(3, grid.rows, grid.cols).round().to(torch.int64).numpy()
 
 
+def offset_image(values: np.ndarray, height: int, width: int, like: torch.Tensor | None = None) -> torch.Tensor:
+    """(3, rows, cols) integers -> the (3, height, width) offsets they add (dtype and device of ``like``)."""
+    dtype, device = (like.dtype, like.device) if like is not None else (torch.float64, "cpu")
+    return upsample(torch.as_tensor(values, dtype=dtype, device=device) / OFFSET_STEP_INVERSE, height, width)
+
+
 def apply_offsets(x: torch.Tensor, grid: CodedOffsetGrid) -> torch.Tensor:
     """x (3, H, W) in [0, 1] plus the grid's upsampled offsets, clipped to [0, 1]."""
-    offsets = torch.as_tensor(decode_values(grid), dtype=x.dtype, device=x.device) / OFFSET_STEP_INVERSE
-    return (x + upsample(offsets, x.shape[1], x.shape[2])).clamp(0, 1)
+    return (x + offset_image(decode_values(grid), x.shape[1], x.shape[2], like=x)).clamp(0, 1)
 
 
 @dataclass(frozen=True)
@@ -129,8 +132,7 @@ def choose_grid(decoded: np.ndarray, original: np.ndarray, record_bytes: int,
         if not values.any():
             continue
         grid = encode_values(values)
-        up = upsample(torch.from_numpy(values / OFFSET_STEP_INVERSE), height, width).permute(1, 2, 0).numpy()
-        corrected = np.clip(decoded + up, 0, 1)
+        corrected = np.clip(decoded + offset_image(values, height, width).permute(1, 2, 0).numpy(), 0, 1)
         gain = net_gain_db(mse_before, float(np.mean((corrected - original) ** 2)), record_bytes, grid_bytes(grid))
         if gain > 0 and (best is None or gain > best.net_gain_db):
             best = GridChoice(grid=grid, corrected=corrected, net_gain_db=gain)
