@@ -55,6 +55,7 @@ class LossWeights:
     mse_x_bar: float  # ‖x̄ − x‖² (coarse image)
     adversarial: float  # non-saturating generator loss (stage 2)
     ms_ssim: float  # 1 − MS-SSIM(x̂, x): a weight-free structural term (models trained without VGG16)
+    haarpsi: float  # 1 − HaarPSI(x̂, x): a weight-free perceptual term on Haar edges (piq)
 
 
 @dataclass(frozen=True)

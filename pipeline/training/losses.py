@@ -3,6 +3,9 @@
     stage 1:  L = w1·‖x̂ − x‖² + w2·‖φ(x̂) − φ(x)‖² + w3·‖x̄ − x‖² + λ_b·R
     stage 2:  stage 1 + w4·L_adv(x̂)
 
+Models trained without VGG16 (``demo``) can add weight-free terms: 1 − MS-SSIM(x̂, x) and
+1 − HaarPSI(x̂, x).
+
 Images are in [0, 1]; ‖·‖² is a mean squared error; R is bits per pixel estimated from the
 likelihoods of y and z; φ is torchvision's VGG16 up to a chosen ReLU, on ImageNet-normalised
 input. L_adv is the non-saturating GAN loss in its softplus form.
@@ -15,6 +18,7 @@ import math
 from pathlib import Path
 
 import fsspec
+import piq
 import pytorch_msssim
 import torch
 import torch.nn.functional as F
@@ -117,10 +121,19 @@ def ms_ssim_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return 1 - pytorch_msssim.ms_ssim(x_hat, x, data_range=1.0, win_size=window)
 
 
+def haarpsi_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """1 − HaarPSI (piq, 3 scales as in ``sprdiff.evaluation.metrics``), on crops of at least 32 px.
+    x̂ is nudged inside [0, 1]: piq rejects values outside, and the decoder's clamp can leave x̂
+    a rounding error above 1."""
+    if min(x.shape[-2:]) < 32:
+        raise ValueError(f"HaarPSI needs crops of at least 32 px, got {tuple(x.shape[-2:])}")
+    return 1 - piq.haarpsi(x_hat.clamp(0, 1), x, data_range=1.0, scales=3)
+
+
 def codec_loss(x: torch.Tensor, out: dict, vgg: VGGFeatures | None, weights: LossWeights, lambda_rate: float,
                fake_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The codec's total loss and each term (unweighted), from the model's training output.
-    Terms whose weight is 0 and that cost a network pass (VGG16, MS-SSIM) are left out."""
+    Terms whose weight is 0 and that cost a network pass (VGG16, MS-SSIM, HaarPSI) are left out."""
     x_hat, x_bar = out["x_hat"].float(), out["x_bar"].float()
     terms = {
         "mse_x_hat": F.mse_loss(x_hat, x),
@@ -136,6 +149,9 @@ def codec_loss(x: torch.Tensor, out: dict, vgg: VGGFeatures | None, weights: Los
     if weights.ms_ssim > 0:
         terms["ms_ssim"] = ms_ssim_loss(x_hat, x)
         total = total + weights.ms_ssim * terms["ms_ssim"]
+    if weights.haarpsi > 0:
+        terms["haarpsi"] = haarpsi_loss(x_hat, x)
+        total = total + weights.haarpsi * terms["haarpsi"]
     if fake_logits is not None:
         terms["adversarial"] = generator_loss(fake_logits.float())
         total = total + weights.adversarial * terms["adversarial"]

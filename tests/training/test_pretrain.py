@@ -7,12 +7,13 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_train_stage import fixed_batch, random_batches
 
 from jobs.cli import build_parser
 from jobs.train_commands import build_run_spec
 from pipeline.training.checkpoint import read_checkpoint, write_checkpoint
-from pipeline.training.losses import chroma_mse, ms_ssim_loss
+from pipeline.training.losses import chroma_mse, haarpsi_loss, ms_ssim_loss
 from pipeline.training.pretrain import PretrainNets, PretrainTrainer
 from pipeline.training.stage import StageTrainer
 from sprdiff import SPRDiff
@@ -139,16 +140,23 @@ def test_train_pretrained_unfreezes_a_base_component(train_config):
         train_config.with_overrides({"train_pretrained": ["vgg"]})
 
 
-def test_ms_ssim_term_and_no_vgg_when_its_weight_is_zero(train_config):
-    weights = {"mse_x_hat": 1.0, "perceptual": 0.0, "mse_x_bar": 1.0, "adversarial": 0.0, "ms_ssim": 1.0}
+def test_weight_free_terms_and_no_vgg_when_its_weight_is_zero(train_config):
+    weights = {"mse_x_hat": 1.0, "perceptual": 0.0, "mse_x_bar": 1.0, "adversarial": 0.0, "ms_ssim": 1.0,
+               "haarpsi": 0.5}
     config = train_config.with_overrides({"vgg_weights": None, "stage1.weights": weights})
     trainer = StageTrainer(SPRDiff.from_pretrained("tiny"), config, stage=1)
     assert trainer.vgg is None
     metrics = trainer.train_step(fixed_batch())
-    assert "perceptual" not in metrics and 0 < metrics["ms_ssim"] <= 2
+    assert "perceptual" not in metrics and 0 < metrics["ms_ssim"] <= 2 and 0 < metrics["haarpsi"] <= 1
     x = fixed_batch()
     assert ms_ssim_loss(x, x).item() == pytest.approx(0, abs=1e-5)
     assert ms_ssim_loss(torch.rand_like(x), x).item() > 0.5
+    assert haarpsi_loss(x, x).item() == pytest.approx(0, abs=1e-5)
+    assert haarpsi_loss(torch.rand_like(x), x).item() > 0.3
+    blurred = F.avg_pool2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+    assert 0 < haarpsi_loss(blurred, x).item() < haarpsi_loss(torch.rand_like(x), x).item()
+    with pytest.raises(ValueError, match="32 px"):
+        haarpsi_loss(x[..., :16, :16], x[..., :16, :16])
 
 
 def test_cli_stage0_spec_needs_no_vgg_and_makes_paths_absolute(tmp_path, monkeypatch):
