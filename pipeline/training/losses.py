@@ -27,6 +27,7 @@ from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
 from pipeline.training.config import MISSING_VGG_MESSAGE, RANDOM_VGG, VGG_LAYERS, LossWeights
+from sprdiff.evaluation.metrics import HAARPSI_SCALES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -122,12 +123,11 @@ def ms_ssim_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def haarpsi_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """1 − HaarPSI (piq, 3 scales as in ``sprdiff.evaluation.metrics``), on crops of at least 32 px.
-    x̂ is nudged inside [0, 1]: piq rejects values outside, and the decoder's clamp can leave x̂
-    a rounding error above 1."""
+    """1 − HaarPSI at the scales ``sprdiff eval`` scores (piq), on crops of at least 32 px.
+    x̂ is clamped because piq rejects any value outside [0, 1]."""
     if min(x.shape[-2:]) < 32:
         raise ValueError(f"HaarPSI needs crops of at least 32 px, got {tuple(x.shape[-2:])}")
-    return 1 - piq.haarpsi(x_hat.clamp(0, 1), x, data_range=1.0, scales=3)
+    return 1 - piq.haarpsi(x_hat.clamp(0, 1), x, data_range=1.0, scales=HAARPSI_SCALES)
 
 
 def codec_loss(x: torch.Tensor, out: dict, vgg: VGGFeatures | None, weights: LossWeights, lambda_rate: float,
