@@ -5,9 +5,11 @@
 # (jobs/configs/demo_stage2_continued.json), a third from the second's (jobs/configs/demo_stage2_third.json),
 # a fourth on 256x256 crops from the third's (jobs/configs/demo_stage2_crop256.json), a fifth on 512x512
 # crops from the fourth's (jobs/configs/demo_stage2_crop512.json), a sixth like it from the fifth's
-# (jobs/configs/demo_stage2_crop512_second.json), then copies the model into the package (its
-# evaluation report: jobs/configs/demo_eval.sh).
-# About 8 h of training on 2 CPU cores.
+# (jobs/configs/demo_stage2_crop512_second.json), a seventh and eighth with the HaarPSI term
+# (jobs/configs/demo_stage2_haarpsi.json, demo_stage2_haarpsi_second.json), a ninth like them at
+# λ_b = 12 (jobs/configs/demo_stage2_haarpsi_rate12.json), then copies the model into the package
+# (its evaluation report: jobs/configs/demo_eval.sh).
+# About 10 h of training on 2 CPU cores.
 # Rerunning resumes each stage from its last checkpoint under $RUN.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -40,8 +42,14 @@ $sprdiff train --stage 2 --config "$CONFIG" --config jobs/configs/demo_stage2_cr
     --output "$RUN/stage2-crop512" --resume --cpus-per-worker 2 --model "$RUN/stage2-crop256/model"
 $sprdiff train --stage 2 --config "$CONFIG" --config jobs/configs/demo_stage2_crop512_second.json --data "$RUN/shards" \
     --output "$RUN/stage2-crop512-second" --resume --cpus-per-worker 2 --model "$RUN/stage2-crop512/model"
+$sprdiff train --stage 2 --config "$CONFIG" --config jobs/configs/demo_stage2_haarpsi.json --data "$RUN/shards" \
+    --output "$RUN/stage2-haarpsi" --resume --cpus-per-worker 2 --model "$RUN/stage2-crop512-second/model"
+$sprdiff train --stage 2 --config "$CONFIG" --config jobs/configs/demo_stage2_haarpsi_second.json --data "$RUN/shards" \
+    --output "$RUN/stage2-haarpsi-second" --resume --cpus-per-worker 2 --model "$RUN/stage2-haarpsi/model"
+$sprdiff train --stage 2 --config "$CONFIG" --config jobs/configs/demo_stage2_haarpsi_rate12.json --data "$RUN/shards" \
+    --output "$RUN/stage2-haarpsi-rate12" --resume --cpus-per-worker 2 --model "$RUN/stage2-haarpsi-second/model"
 
 rm -rf sprdiff/pretrained/demo
 mkdir -p sprdiff/pretrained
-cp -r "$RUN/stage2-crop512-second/model" sprdiff/pretrained/demo
+cp -r "$RUN/stage2-haarpsi-rate12/model" sprdiff/pretrained/demo
 echo "demo model written to sprdiff/pretrained/demo; evaluate it with: bash jobs/configs/demo_eval.sh"

@@ -98,3 +98,17 @@ def test_the_demo_recipes_later_stage2_runs_change_only_their_schedule_and_crops
     assert replace(continued.data, crop=demo.data.crop, batch_size=demo.data.batch_size) == demo.data
     assert continued.data.crop ** 2 * continued.data.batch_size >= demo.data.crop ** 2 * demo.data.batch_size
     assert extra in (configs / "demo.sh").read_text()
+
+
+@pytest.mark.parametrize("extra", ["demo_stage2_haarpsi.json", "demo_stage2_haarpsi_second.json",
+                                   "demo_stage2_haarpsi_rate12.json"])
+def test_the_demo_recipes_haarpsi_runs_add_only_the_haarpsi_term_and_keep_rate_id_0(extra):
+    configs = Path(DEFAULT_CONFIG).parent
+    demo = load_config(DEFAULT_CONFIG, configs / "demo.json")
+    run = load_config(DEFAULT_CONFIG, configs / "demo.json", configs / extra)
+    assert run.stage2.weights.haarpsi > 0 == demo.stage2.weights.haarpsi
+    assert replace(run.stage2.weights, haarpsi=0.0) == demo.stage2.weights
+    assert run.stage2.lambda_rate >= demo.stage2.lambda_rate
+    assert run.stage2.rate_id_for(run.stage2.lambda_rate) == 0  # still the demo model's one rate point
+    assert run.stage1 == demo.stage1 and run.stage0 == demo.stage0
+    assert extra in (configs / "demo.sh").read_text()
