@@ -32,24 +32,20 @@ $sprdiff train --stage 1 --config "$CONFIG" --data "$RUN/shards" --output "$RUN/
     --model "$RUN/stage0/model"
 $sprdiff train --stage 2 --config "$CONFIG" --data "$RUN/shards" --output "$RUN/stage2" --resume --cpus-per-worker 2 \
     --model "$RUN/stage1/model"
-$sprdiff train --stage 2 --config "$CONFIG" --config jobs/configs/demo_stage2_continued.json --data "$RUN/shards" \
-    --output "$RUN/stage2-continued" --resume --cpus-per-worker 2 --model "$RUN/stage2/model"
-$sprdiff train --stage 2 --config "$CONFIG" --config jobs/configs/demo_stage2_third.json --data "$RUN/shards" \
-    --output "$RUN/stage2-third" --resume --cpus-per-worker 2 --model "$RUN/stage2-continued/model"
-$sprdiff train --stage 2 --config "$CONFIG" --config jobs/configs/demo_stage2_crop256.json --data "$RUN/shards" \
-    --output "$RUN/stage2-crop256" --resume --cpus-per-worker 2 --model "$RUN/stage2-third/model"
-$sprdiff train --stage 2 --config "$CONFIG" --config jobs/configs/demo_stage2_crop512.json --data "$RUN/shards" \
-    --output "$RUN/stage2-crop512" --resume --cpus-per-worker 2 --model "$RUN/stage2-crop256/model"
-$sprdiff train --stage 2 --config "$CONFIG" --config jobs/configs/demo_stage2_crop512_second.json --data "$RUN/shards" \
-    --output "$RUN/stage2-crop512-second" --resume --cpus-per-worker 2 --model "$RUN/stage2-crop512/model"
-$sprdiff train --stage 2 --config "$CONFIG" --config jobs/configs/demo_stage2_haarpsi.json --data "$RUN/shards" \
-    --output "$RUN/stage2-haarpsi" --resume --cpus-per-worker 2 --model "$RUN/stage2-crop512-second/model"
-$sprdiff train --stage 2 --config "$CONFIG" --config jobs/configs/demo_stage2_haarpsi_second.json --data "$RUN/shards" \
-    --output "$RUN/stage2-haarpsi-second" --resume --cpus-per-worker 2 --model "$RUN/stage2-haarpsi/model"
-$sprdiff train --stage 2 --config "$CONFIG" --config jobs/configs/demo_stage2_haarpsi_rate12.json --data "$RUN/shards" \
-    --output "$RUN/stage2-haarpsi-rate12" --resume --cpus-per-worker 2 --model "$RUN/stage2-haarpsi-second/model"
+# Each later stage-2 run starts from the previous run's exported model: "config:output folder".
+later_runs=(demo_stage2_continued.json:stage2-continued demo_stage2_third.json:stage2-third
+            demo_stage2_crop256.json:stage2-crop256 demo_stage2_crop512.json:stage2-crop512
+            demo_stage2_crop512_second.json:stage2-crop512-second demo_stage2_haarpsi.json:stage2-haarpsi
+            demo_stage2_haarpsi_second.json:stage2-haarpsi-second
+            demo_stage2_haarpsi_rate12.json:stage2-haarpsi-rate12)
+previous=stage2
+for run in "${later_runs[@]}"; do
+    $sprdiff train --stage 2 --config "$CONFIG" --config "jobs/configs/${run%%:*}" --data "$RUN/shards" \
+        --output "$RUN/${run#*:}" --resume --cpus-per-worker 2 --model "$RUN/$previous/model"
+    previous=${run#*:}
+done
 
 rm -rf sprdiff/pretrained/demo
 mkdir -p sprdiff/pretrained
-cp -r "$RUN/stage2-haarpsi-rate12/model" sprdiff/pretrained/demo
+cp -r "$RUN/$previous/model" sprdiff/pretrained/demo
 echo "demo model written to sprdiff/pretrained/demo; evaluate it with: bash jobs/configs/demo_eval.sh"
