@@ -1,13 +1,8 @@
 #!/usr/bin/env bash
 # Retrains the shipped `demo` model (sprdiff/pretrained/demo) from nothing, exactly as it was made:
 # shards of ../shared/data/photos minus 5 held-out photos, then stages 0, 1 and 2 with
-# jobs/configs/demo.json, a second stage-2 run from the first one's model
-# (jobs/configs/demo_stage2_continued.json), a third from the second's (jobs/configs/demo_stage2_third.json),
-# a fourth on 256x256 crops from the third's (jobs/configs/demo_stage2_crop256.json), a fifth on 512x512
-# crops from the fourth's (jobs/configs/demo_stage2_crop512.json), a sixth like it from the fifth's
-# (jobs/configs/demo_stage2_crop512_second.json), a seventh and eighth with the HaarPSI term
-# (jobs/configs/demo_stage2_haarpsi.json, demo_stage2_haarpsi_second.json), a ninth like them at
-# λ_b = 12 (jobs/configs/demo_stage2_haarpsi_rate12.json), then copies the model into the package
+# jobs/configs/demo.json, then eight more stage-2 runs (later_runs below: each merges its config
+# over demo.json and starts from the previous run's model), then copies the last model into the package
 # (its evaluation report: jobs/configs/demo_eval.sh).
 # About 10 h of training on 2 CPU cores.
 # Rerunning resumes each stage from its last checkpoint under $RUN.
