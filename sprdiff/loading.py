@@ -18,6 +18,7 @@ from sprdiff import components, storage
 from sprdiff.config import CONFIG_NAME, WEIGHTS_NAME, SPRDiffConfig
 from sprdiff.entropy import TABLE_BUFFERS
 from sprdiff.model import SPRDiff
+from sprdiff.model_pointer import read_pointer
 from sprdiff.presets import PRESETS, RETRAIN_HINT, SHIPPED_MODELS
 
 
@@ -57,9 +58,13 @@ def build(config: SPRDiffConfig, *, use_sources: bool, cache_dir: Path | None = 
     return model.eval()
 
 
+MAX_POINTER_HOPS = 4
+
+
 def from_pretrained(name_or_uri: str, *, cache_dir: Path | None = None,
-                    device: str | torch.device = "cpu") -> SPRDiff:
-    """A preset name (``tiny``, ``sd-turbo``), a local directory, or a URI (``s3://...``)."""
+                    device: str | torch.device = "cpu", _hops: int = 0) -> SPRDiff:
+    """A preset name (``tiny``, ``sd-turbo``), a local directory, or a URI (``s3://...``); a model
+    pointer (``sprdiff.model_pointer``) is followed, and the weights it finds must have its fingerprint."""
     if name_or_uri in PRESETS:
         config = PRESETS[name_or_uri]()
         return build(config, use_sources=config.init_seed is None, cache_dir=cache_dir).to(device)
@@ -70,6 +75,17 @@ def from_pretrained(name_or_uri: str, *, cache_dir: Path | None = None,
                                     f"an install without package data): reinstall, or retrain it with "
                                     f"`{RETRAIN_HINT[name_or_uri]}`")
         return _load_directory(path).to(device)
+    pointer = read_pointer(name_or_uri) if storage.local_path(name_or_uri) or storage.is_remote_uri(name_or_uri) \
+        else None
+    if pointer is not None:
+        if _hops >= MAX_POINTER_HOPS:
+            raise ValueError(f"{name_or_uri}: more than {MAX_POINTER_HOPS} model pointers in a row (a cycle?)")
+        model = from_pretrained(pointer.target, cache_dir=cache_dir, device=device, _hops=_hops + 1)
+        if model.fingerprint != pointer.fingerprint:
+            raise ValueError(f"the model pointer {name_or_uri} names weights {pointer.fingerprint[:16]}..., but "
+                             f"{pointer.target} holds {model.fingerprint[:16]}...: the weights were changed in "
+                             f"place; point it at the right directory again")
+        return model
     path = storage.local_path(name_or_uri)
     if path is None and storage.is_remote_uri(name_or_uri):
         path = storage.fetch(name_or_uri, cache_dir)
