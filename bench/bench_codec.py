@@ -18,7 +18,6 @@ import torch
 from skimage import data
 
 from sprdiff import SPRDiff, bitstream
-from sprdiff.loading import build
 from sprdiff.presets import sd_turbo_config
 
 PAPER_PARAMS_M = 1344
@@ -85,7 +84,7 @@ def bench_exact_path(repeats: int) -> None:
 
 def bench_sd_turbo() -> None:
     t = time.perf_counter()
-    model = build(sd_turbo_config(), use_sources=False)
+    model = SPRDiff.from_config(sd_turbo_config())
     built = time.perf_counter() - t
     parts = {name: sum(p.numel() for p in getattr(model, name).parameters()) / 1e6
              for name in ("vae", "unet", "dino", "distortion", "fusion", "latent_encoder", "entropy",

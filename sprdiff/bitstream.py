@@ -6,18 +6,20 @@ One record holds one image. All fixed-width integers are little-endian.
 size  field               meaning
 ====  ==================  ==========================================================
 1     magic               ``0xD5``
-1     version             format version: 1; 2 when the record has a colour map; 3 when
-                          it has an offset grid
-1     flags               bits 0-3 rate id, bits 4-5 padding mode, bit 6 colour map
-                          present (version >= 2), bit 7 offset grid present (version 3)
+1     version             format version, 1 to 4 (this sprdiff writes 4)
+1     flags               bits 0-3 rate id, bits 4-5 padding mode; bits 6-7: in versions 2-3
+                          the flag bits of the optional fields (``FIELDS``: 6 colour map,
+                          7 offset grid); from version 4 bit 6 marks the extension area and
+                          bit 7 is reserved (0)
 var   width - 1           LEB128 varint
 var   height - 1          LEB128 varint
 var   timestep            LEB128 varint, the one-step diffusion timestep
 1     fingerprint tag     first byte of the model's SHA-256 fingerprint
-var   colour map          only if flag bit 6: 12 zigzag LEB128 varints (``sprdiff.colour``)
-var   offset grid         only if flag bit 7 (``sprdiff.offset_grid``): rows - 1 and
-                          cols - 1 (LEB128 varints), 3 bytes of scale indexes (R, G, B),
-                          the length of its rANS string (LEB128 varint), the string
+var   optional fields     versions 2-3: each field of ``FIELDS`` whose flag bit is set, in
+                          table order, as its own bytes. Version 4: the extension area (only
+                          if flag bit 6): a varint count, then per entry a varint tag
+                          ``id << 1 | critical``, a varint payload length and the payload
+                          (a known field's payload is its own bytes); ids strictly increasing
 var   string lengths      LEB128 varint per entropy-coded string (count fixed by model)
 ...   strings             the entropy-coded strings, concatenated
 4     crc32               CRC-32 of the model's full 32-byte fingerprint followed by
@@ -29,29 +31,33 @@ even when the one-byte tag collides (1 in 256); the tag lets the common case say
 "different model" instead of "corrupt". The declared string lengths let truncation be
 told apart from corruption. A 512x512 image with one string costs 16 bytes of container.
 
-Version 2 added the colour map, version 3 the offset grid. A record is written in the oldest
-version that can hold it (without either, byte for byte what version 1 wrote), so archives stay
-readable by older sprdiff wherever they can be.
+Growing the format: an optional field is a row of ``FIELDS`` (id, since-version, writer,
+reader, validity check), never a branch. From version 4 a field travels in the extension
+area with a *critical* bit: a reader skips an entry it does not know unless the entry is
+critical (decoding without it would give other pixels), and then refuses the record with a
+``BitstreamError`` that says to upgrade. Versions 1-3 are still read (and can be written, for
+tests and tools), so every archive ever written keeps decoding.
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 from sprdiff.errors import BitstreamError
 
 MAGIC = 0xD5
-FORMAT_VERSION = 3  # the newest version this module reads and writes
-SUPPORTED_VERSIONS = (1, 2, 3)
-_COLOUR_MAP_FLAG = 0x40
-_COLOUR_MAP_VERSION = 2  # the first version with the colour map
+FORMAT_VERSION = 4  # the version this module writes, and the newest it reads
+SUPPORTED_VERSIONS = (1, 2, 3, 4)
+EXTENSIONS_VERSION = 4  # the first version with the extension area (and without legacy flag bits)
+_EXTENSIONS_FLAG = 0x40
 COLOUR_MAP_LENGTH = 12
 MAX_COLOUR_VALUE = 1 << 12  # bounds each colour-map integer (sprdiff.colour keeps well inside)
-_OFFSET_GRID_FLAG = 0x80
-_OFFSET_GRID_VERSION = 3  # the first version with the offset grid
 MAX_GRID_SIDE = 256  # rows and columns of an offset grid
-GRID_SCALE_INDEXES = 64  # CompressAI's standard scale table (sprdiff.offset_grid checks it)
+GRID_SCALE_INDEXES = 64  # the offset grid's scale table (sprdiff.offset_grid stores it)
+MAX_EXTENSIONS = 64  # entries in one record's extension area
 
 PADDING_MODES = {0: "replicate"}  # id -> name; ids are explicit and never reused
 PADDING_IDS = {name: i for i, name in PADDING_MODES.items()}
@@ -83,6 +89,15 @@ class CodedOffsetGrid:
 
 
 @dataclass(frozen=True)
+class Extension:
+    """An extension-area entry this reader does not know (kept as read, written back as is)."""
+
+    id: int
+    critical: bool
+    payload: bytes
+
+
+@dataclass(frozen=True)
 class RecordHeader:
     """Everything in a record except the entropy-coded strings."""
 
@@ -96,11 +111,40 @@ class RecordHeader:
     string_lengths: tuple[int, ...] = ()
     colour_map: tuple[int, ...] | None = None  # 12 integers, see sprdiff.colour
     offset_grid: CodedOffsetGrid | None = None  # see sprdiff.offset_grid
+    extensions: tuple[Extension, ...] = ()  # unknown, non-critical entries (version 4)
 
     @property
     def num_pixels(self) -> int:
         return self.width * self.height
 
+
+@dataclass(frozen=True)
+class Record:
+    """One packed record and what is in it, so nobody has to parse bytes they were just handed."""
+
+    data: bytes
+    header: RecordHeader  # version, string lengths and fingerprint tag filled in
+
+    @property
+    def version(self) -> int:
+        return self.header.version
+
+    @property
+    def num_bytes(self) -> int:
+        return len(self.data)
+
+    @property
+    def latent_bytes(self) -> int:
+        """Bytes of the entropy-coded latent strings alone."""
+        return sum(self.header.string_lengths)
+
+    @property
+    def container_bytes(self) -> int:
+        """Everything else: header, optional fields, lengths and CRC."""
+        return self.num_bytes - self.latent_bytes
+
+
+# ---- varints
 
 def encode_varint(value: int) -> bytes:
     if value < 0:
@@ -125,10 +169,6 @@ def unzigzag(value: int) -> int:
     return value // 2 if value % 2 == 0 else -(value + 1) // 2
 
 
-def _plausible_colour_map(values) -> bool:
-    return len(values) == COLOUR_MAP_LENGTH and all(abs(v) < MAX_COLOUR_VALUE for v in values)
-
-
 def _read_varint(buf: bytes, pos: int, field: str) -> tuple[int, int]:
     value = 0
     for i in range(_MAX_VARINT_BYTES):
@@ -142,6 +182,81 @@ def _read_varint(buf: bytes, pos: int, field: str) -> tuple[int, int]:
                          status="corrupt")
 
 
+# ---- the optional fields: one row each
+
+def _write_colour_map(values: tuple[int, ...]) -> bytes:
+    return b"".join(encode_varint(zigzag(v)) for v in values)
+
+
+def _read_colour_map(buf: bytes, pos: int) -> tuple[tuple[int, ...], int]:
+    values = []
+    for i in range(COLOUR_MAP_LENGTH):
+        v, pos = _read_varint(buf, pos, f"colour map value {i}")
+        values.append(unzigzag(v))
+    return tuple(values), pos
+
+
+def _colour_map_problem(values: Any) -> str | None:
+    if not isinstance(values, tuple) or len(values) != COLOUR_MAP_LENGTH \
+            or not all(isinstance(v, int) and abs(v) < MAX_COLOUR_VALUE for v in values):
+        return f"a colour map is {COLOUR_MAP_LENGTH} integers of magnitude < {MAX_COLOUR_VALUE}, got {values}"
+    return None
+
+
+def _write_offset_grid(grid: CodedOffsetGrid) -> bytes:
+    return (encode_varint(grid.rows - 1) + encode_varint(grid.cols - 1) + bytes(grid.scale_indexes)
+            + encode_varint(len(grid.string)) + grid.string)
+
+
+def _read_offset_grid(buf: bytes, pos: int) -> tuple[CodedOffsetGrid, int]:
+    rows_m1, pos = _read_varint(buf, pos, "offset grid rows")
+    cols_m1, pos = _read_varint(buf, pos, "offset grid columns")
+    if pos + 3 > len(buf):
+        raise BitstreamError("truncated record: it ends inside the offset grid's scale indexes", status="truncated")
+    scale_indexes = tuple(buf[pos:pos + 3])
+    length, pos = _read_varint(buf, pos + 3, "offset grid length")
+    if pos + length > len(buf):
+        raise BitstreamError("truncated record: it ends inside the offset grid", status="truncated")
+    grid = CodedOffsetGrid(rows=rows_m1 + 1, cols=cols_m1 + 1, scale_indexes=scale_indexes,  # type: ignore[arg-type]
+                           string=buf[pos:pos + length])
+    return grid, pos + length
+
+
+def _offset_grid_problem(grid: Any) -> str | None:
+    return grid.problem() if isinstance(grid, CodedOffsetGrid) else f"an offset grid is a CodedOffsetGrid, got {grid}"
+
+
+@dataclass(frozen=True)
+class OptionalField:
+    """One optional field of the record: how it is marked, written, read and checked."""
+
+    id: int  # its extension id from version 4; never reused
+    name: str  # the RecordHeader attribute it fills
+    since: int  # the first format version that has it
+    critical: bool  # True when a decoder that ignored it would give other pixels
+    legacy_flag: int  # its flags bit in versions since..3 (0 for fields added from version 4)
+    write: Callable[[Any], bytes]
+    read: Callable[[bytes, int], tuple[Any, int]]  # (buffer, position) -> (value, position after it)
+    problem: Callable[[Any], str | None]  # why a value cannot be in a record, or None
+
+
+FIELDS: tuple[OptionalField, ...] = (
+    OptionalField(1, "colour_map", 2, True, 0x40, _write_colour_map, _read_colour_map, _colour_map_problem),
+    OptionalField(2, "offset_grid", 3, True, 0x80, _write_offset_grid, _read_offset_grid, _offset_grid_problem),
+)
+FIELDS_BY_ID = {f.id: f for f in FIELDS}
+FIELDS_BY_NAME = {f.name: f for f in FIELDS}
+assert sorted(FIELDS_BY_ID) == [f.id for f in FIELDS], "FIELDS are listed in id order"
+
+
+def _allowed_flags(version: int) -> int:
+    if version >= EXTENSIONS_VERSION:
+        return 0x3F | _EXTENSIONS_FLAG
+    return 0x3F | sum(f.legacy_flag for f in FIELDS if f.since <= version)
+
+
+# ---- writing
+
 def _crc(fingerprint: bytes, body: bytes) -> int:
     return zlib.crc32(body, zlib.crc32(fingerprint))
 
@@ -151,42 +266,116 @@ def _check_fingerprint(fingerprint: bytes) -> None:
         raise ValueError("fingerprint must be the model's 32-byte SHA-256 digest (SPRDiff.fingerprint_bytes)")
 
 
-def pack(header: RecordHeader, strings: list[bytes], fingerprint: bytes) -> bytes:
-    """Serialize one record. ``header.string_lengths`` and ``fingerprint_tag`` are derived here."""
-    _check_fingerprint(fingerprint)
+def _present(header: RecordHeader) -> list[tuple[OptionalField, Any]]:
+    return [(f, getattr(header, f.name)) for f in FIELDS if getattr(header, f.name) is not None]
+
+
+def _header_bytes(header: RecordHeader, version: int, tag: int) -> bytes:
+    """Everything before the string lengths, checked (programmer errors raise ``ValueError``)."""
+    if version not in SUPPORTED_VERSIONS:
+        raise ValueError(f"this sprdiff writes format versions {list(SUPPORTED_VERSIONS)}, not {version}")
     if not 1 <= header.width <= MAX_SIDE or not 1 <= header.height <= MAX_SIDE:
         raise ValueError(f"image size {header.width}x{header.height} is outside 1..{MAX_SIDE}")
     if not 0 <= header.rate_id <= MAX_RATE_ID:
         raise ValueError(f"rate_id must be in 0..{MAX_RATE_ID}, got {header.rate_id}")
     if header.padding not in PADDING_IDS:
         raise ValueError(f"unknown padding mode {header.padding!r}; known: {sorted(PADDING_IDS)}")
-    colour_map = header.colour_map
-    if colour_map is not None and not _plausible_colour_map(colour_map):
-        raise ValueError(f"colour_map must be {COLOUR_MAP_LENGTH} integers of magnitude < {MAX_COLOUR_VALUE}, "
-                         f"got {colour_map}")
-    grid = header.offset_grid
-    if grid is not None and grid.problem():
-        raise ValueError(grid.problem())
-    flags = (header.rate_id | (PADDING_IDS[header.padding] << 4) | (_COLOUR_MAP_FLAG if colour_map is not None else 0)
-             | (_OFFSET_GRID_FLAG if grid is not None else 0))
-    # the oldest version that can hold the record
-    version = _OFFSET_GRID_VERSION if grid is not None else _COLOUR_MAP_VERSION if colour_map is not None else 1
-    body = bytearray([MAGIC, version, flags])
-    body += encode_varint(header.width - 1)
-    body += encode_varint(header.height - 1)
-    body += encode_varint(header.timestep)
-    body.append(fingerprint[0])
-    for v in colour_map or ():
-        body += encode_varint(zigzag(v))
-    if grid is not None:
-        body += encode_varint(grid.rows - 1) + encode_varint(grid.cols - 1) + bytes(grid.scale_indexes)
-        body += encode_varint(len(grid.string)) + grid.string
+    present = _present(header)
+    for f, value in present:
+        if f.problem(value):
+            raise ValueError(f"{f.name}: {f.problem(value)}")
+        if f.since > version:
+            raise ValueError(f"format version {version} cannot hold a {f.name} (from version {f.since})")
+    if header.extensions and version < EXTENSIONS_VERSION:
+        raise ValueError(f"format version {version} has no extension area")
+    flags = header.rate_id | (PADDING_IDS[header.padding] << 4)
+    if version >= EXTENSIONS_VERSION:
+        entries = sorted([(f.id, f.critical, f.write(value)) for f, value in present]
+                         + [(e.id, e.critical, e.payload) for e in header.extensions])
+        ids = [e[0] for e in entries]
+        if len(set(ids)) != len(ids) or any(e.id in FIELDS_BY_ID for e in header.extensions):
+            raise ValueError(f"extension ids must be unique and unknown ones must not reuse a field's id, got {ids}")
+        optional = b""
+        if entries:
+            flags |= _EXTENSIONS_FLAG
+            optional = encode_varint(len(entries)) + b"".join(
+                encode_varint(i << 1 | int(critical)) + encode_varint(len(payload)) + payload
+                for i, critical, payload in entries)
+    else:
+        flags |= sum(f.legacy_flag for f, _ in present)
+        optional = b"".join(f.write(value) for f, value in present)
+    return (bytes([MAGIC, version, flags]) + encode_varint(header.width - 1) + encode_varint(header.height - 1)
+            + encode_varint(header.timestep) + bytes([tag]) + optional)
+
+
+def record_length(header: RecordHeader, string_lengths: tuple[int, ...] | list[int],
+                  version: int = FORMAT_VERSION) -> int:
+    """The bytes ``pack`` would write for this header and strings of these lengths, without packing
+    them: what a side channel's keep-or-drop rule weighs its bytes against."""
+    return (len(_header_bytes(header, version, 0)) + sum(len(encode_varint(n)) for n in string_lengths)
+            + sum(string_lengths) + _CRC_BYTES)
+
+
+def pack_record(header: RecordHeader, strings: list[bytes], fingerprint: bytes,
+                version: int = FORMAT_VERSION) -> Record:
+    """Serialize one record; ``header.version``, ``string_lengths`` and ``fingerprint_tag`` are
+    derived here. ``version`` below 4 writes a legacy record (tests and tools only)."""
+    _check_fingerprint(fingerprint)
+    body = bytearray(_header_bytes(header, version, fingerprint[0]))
     for s in strings:
         body += encode_varint(len(s))
     for s in strings:
         body += s
     body += _crc(fingerprint, bytes(body)).to_bytes(_CRC_BYTES, "little")
-    return bytes(body)
+    return Record(bytes(body), replace(header, version=version, string_lengths=tuple(len(s) for s in strings),
+                                       fingerprint_tag=fingerprint[0]))
+
+
+def pack(header: RecordHeader, strings: list[bytes], fingerprint: bytes, version: int = FORMAT_VERSION) -> bytes:
+    """Serialize one record (see :func:`pack_record`)."""
+    return pack_record(header, strings, fingerprint, version).data
+
+
+# ---- reading
+
+def _read_extensions(record: bytes, pos: int) -> tuple[dict[str, Any], tuple[Extension, ...], int]:
+    count, pos = _read_varint(record, pos, "extension count")
+    if not 1 <= count <= MAX_EXTENSIONS:
+        raise BitstreamError(f"corrupt record: {count} extensions (1..{MAX_EXTENSIONS} when flagged)",
+                             status="corrupt")
+    values: dict[str, Any] = {}
+    unknown: list[Extension] = []
+    last_id = 0
+    for _ in range(count):
+        tag, pos = _read_varint(record, pos, "extension id")
+        length, pos = _read_varint(record, pos, f"length of extension {tag >> 1}")
+        ext_id, critical = tag >> 1, bool(tag & 1)
+        if ext_id <= last_id:
+            raise BitstreamError(f"corrupt record: extension ids out of order ({ext_id} after {last_id})",
+                                 status="corrupt")
+        last_id = ext_id
+        if pos + length > len(record):
+            raise BitstreamError(f"truncated record: it ends inside extension {ext_id}", status="truncated")
+        payload = record[pos:pos + length]
+        pos += length
+        field = FIELDS_BY_ID.get(ext_id)
+        if field is not None:
+            try:
+                value, end = field.read(payload, 0)
+            except BitstreamError as e:  # the entry's length is authoritative: a short value is damage
+                raise BitstreamError(f"corrupt record: the {field.name} extension is damaged ({e})",
+                                     status="corrupt") from None
+            if end != length:
+                raise BitstreamError(f"corrupt record: the {field.name} extension holds {length} bytes, its value "
+                                     f"{end}", status="corrupt")
+            values[field.name] = value
+        elif critical:
+            raise BitstreamError(f"record needs extension {ext_id}, which this sprdiff does not know and must not "
+                                 f"skip (it changes the decoded image): upgrade sprdiff to decode it",
+                                 status="future_version")
+        else:
+            unknown.append(Extension(ext_id, critical, payload))
+    return values, tuple(unknown), pos
 
 
 def read_header(record: bytes, num_strings: int | None = None) -> tuple[RecordHeader, int]:
@@ -215,9 +404,7 @@ def read_header(record: bytes, num_strings: int | None = None) -> tuple[RecordHe
         raise BitstreamError(f"truncated record: {len(record)} bytes is shorter than any valid record",
                              status="truncated")
     flags = record[2]
-    allowed = (0x3F | (_COLOUR_MAP_FLAG if version >= _COLOUR_MAP_VERSION else 0)
-               | (_OFFSET_GRID_FLAG if version >= _OFFSET_GRID_VERSION else 0))
-    if flags & ~allowed or (flags >> 4) & 0x3 not in PADDING_MODES:
+    if flags & ~_allowed_flags(version) or (flags >> 4) & 0x3 not in PADDING_MODES:
         raise BitstreamError(f"corrupt record: invalid flags byte 0x{flags:02x}", status="corrupt")
     pos = 3
     width_m1, pos = _read_varint(record, pos, "width")
@@ -230,18 +417,19 @@ def read_header(record: bytes, num_strings: int | None = None) -> tuple[RecordHe
         raise BitstreamError("truncated record: it ends before the fingerprint tag", status="truncated")
     tag = record[pos]
     pos += 1
-    colour_map = None
-    if flags & _COLOUR_MAP_FLAG:
-        values = []
-        for i in range(COLOUR_MAP_LENGTH):
-            v, pos = _read_varint(record, pos, f"colour map value {i}")
-            values.append(unzigzag(v))
-        if not _plausible_colour_map(values):
-            raise BitstreamError(f"corrupt record: implausible colour map {values}", status="corrupt")
-        colour_map = tuple(values)
-    offset_grid = None
-    if flags & _OFFSET_GRID_FLAG:
-        offset_grid, pos = _read_offset_grid(record, pos)
+    values: dict[str, Any] = {}
+    unknown: tuple[Extension, ...] = ()
+    if version >= EXTENSIONS_VERSION:
+        if flags & _EXTENSIONS_FLAG:
+            values, unknown, pos = _read_extensions(record, pos)
+    else:
+        for field in FIELDS:
+            if field.legacy_flag and flags & field.legacy_flag:
+                values[field.name], pos = field.read(record, pos)
+    for name, value in values.items():
+        problem = FIELDS_BY_NAME[name].problem(value)
+        if problem:
+            raise BitstreamError(f"corrupt record: {problem}", status="corrupt")
     lengths: list[int] = []
     while num_strings is None or len(lengths) < num_strings:
         n, pos = _read_varint(record, pos, f"length of string {len(lengths)}")
@@ -250,25 +438,8 @@ def read_header(record: bytes, num_strings: int | None = None) -> tuple[RecordHe
             break
     header = RecordHeader(width=width_m1 + 1, height=height_m1 + 1, timestep=timestep,
                           rate_id=flags & 0xF, fingerprint_tag=tag, padding=PADDING_MODES[(flags >> 4) & 0x3],
-                          version=version, string_lengths=tuple(lengths), colour_map=colour_map,
-                          offset_grid=offset_grid)
+                          version=version, string_lengths=tuple(lengths), extensions=unknown, **values)
     return header, pos
-
-
-def _read_offset_grid(record: bytes, pos: int) -> tuple[CodedOffsetGrid, int]:
-    rows_m1, pos = _read_varint(record, pos, "offset grid rows")
-    cols_m1, pos = _read_varint(record, pos, "offset grid columns")
-    if pos + 3 > len(record):
-        raise BitstreamError("truncated record: it ends inside the offset grid's scale indexes", status="truncated")
-    scale_indexes = tuple(record[pos:pos + 3])
-    length, pos = _read_varint(record, pos + 3, "offset grid length")
-    if pos + length > len(record):
-        raise BitstreamError("truncated record: it ends inside the offset grid", status="truncated")
-    grid = CodedOffsetGrid(rows=rows_m1 + 1, cols=cols_m1 + 1, scale_indexes=scale_indexes,  # type: ignore[arg-type]
-                           string=record[pos:pos + length])
-    if grid.problem():
-        raise BitstreamError(f"corrupt record: {grid.problem()}", status="corrupt")
-    return grid, pos + length
 
 
 def unpack(record: bytes, fingerprint: bytes, num_strings: int) -> tuple[RecordHeader, list[bytes]]:

@@ -20,28 +20,28 @@ import torch
 from sprdiff.bitstream import COLOUR_MAP_LENGTH, MAX_COLOUR_VALUE
 
 COLOUR_MAP_SCALE = 128  # grid 1/128: a coefficient's rounding moves a pixel by at most 1/256 of full scale
-# A map is sent only if its PSNR gain is worth its bytes: at least this many dB per doubling of
-# the record, a conservative stand-in for the rate-distortion slope at these rates. On a photo
-# (~2 KB) a map is sent from ~0.04 dB of gain; on a crop of a few hundred bytes from ~0.3 dB.
-MIN_DB_PER_RATE_DOUBLING = 3.0
 
 _IDENTITY = np.concatenate([np.eye(3), np.zeros((3, 1))], axis=1)  # (3, 4): out = W @ rgb + b
 
 
-def fit_colour_map(decoded: np.ndarray, original: np.ndarray) -> np.ndarray:
-    """The (3, 4) affine map ``[W | b]`` (float64, images in [0, 1]) that takes ``decoded``'s RGB
-    closest to ``original``'s in the least-squares sense. Both are (H, W, 3) arrays in [0, 1]."""
-    if decoded.shape != original.shape or decoded.ndim != 3 or decoded.shape[2] != 3:
-        raise ValueError(f"fit_colour_map needs two (H, W, 3) images of one size, got {decoded.shape} "
-                         f"and {original.shape}")
-    pixels = decoded.reshape(-1, 3).astype(np.float64)
-    design = np.concatenate([pixels, np.ones((pixels.shape[0], 1))], axis=1)
-    solution, *_ = np.linalg.lstsq(design, original.reshape(-1, 3).astype(np.float64), rcond=None)
-    return solution.T
+def fit_colour_map(decoded: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """The affine map(s) ``[W | b]`` ``(..., 3, 4)`` (float64) that take ``decoded``'s RGB closest to
+    ``original``'s in the least-squares sense; both ``(..., 3, H, W)`` in [0, 1] on one device, the
+    fit runs there. Normal equations (a 4x4 system per image) solved through a pseudo-inverse, so a
+    flat image (a singular system) gets the smallest map that fits it instead of an error."""
+    if decoded.shape != original.shape or decoded.dim() < 3 or decoded.shape[-3] != 3:
+        raise ValueError(f"fit_colour_map needs two (..., 3, H, W) images of one size, got {tuple(decoded.shape)} "
+                         f"and {tuple(original.shape)}")
+    pixels = decoded.double().flatten(-2)  # (..., 3, N)
+    design = torch.cat([pixels, torch.ones_like(pixels[..., :1, :])], dim=-2)  # (..., 4, N)
+    gram = design @ design.transpose(-1, -2)  # (..., 4, 4)
+    rhs = design @ original.double().flatten(-2).transpose(-1, -2)  # (..., 4, 3)
+    return (torch.linalg.pinv(gram, rtol=1e-12, hermitian=True) @ rhs).transpose(-1, -2)
 
 
 def quantize_colour_map(colour_map: np.ndarray) -> tuple[int, ...]:
     """(3, 4) float map -> the record's 12 integers (deviation from identity, 1/128 grid)."""
+    colour_map = colour_map.cpu().numpy() if isinstance(colour_map, torch.Tensor) else colour_map
     steps = np.rint((np.asarray(colour_map, dtype=np.float64) - _IDENTITY) * COLOUR_MAP_SCALE)
     return tuple(int(v) for v in np.clip(steps, 1 - MAX_COLOUR_VALUE, MAX_COLOUR_VALUE - 1).reshape(-1))
 
@@ -59,27 +59,8 @@ def apply_colour_map(x: torch.Tensor, colour_map: np.ndarray) -> torch.Tensor:
     return (torch.einsum("oc,...chw->...ohw", m[:, :3], x) + m[:, 3, None, None]).clamp(0, 1)
 
 
-def correct_on_grid(decoded: np.ndarray, original: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
-    """Fit the map of ``decoded`` (H, W, 3) in [0, 1] to ``original``, put it on the record's grid and
-    apply it: the record's 12 integers and the corrected image (float64, what the decoder gets)."""
+def candidate_maps(decoded: torch.Tensor, original: torch.Tensor) -> list[tuple[tuple[int, ...], torch.Tensor]]:
+    """The map worth weighing for ``decoded`` (3, H, W) against ``original`` (float64 in [0, 1]):
+    ``[(the record's 12 integers, what the decoder will have with them)]``."""
     values = quantize_colour_map(fit_colour_map(decoded, original))
-    corrected = apply_colour_map(torch.from_numpy(np.asarray(decoded, dtype=np.float64)).permute(2, 0, 1),
-                                 dequantize_colour_map(values))
-    return values, corrected.permute(1, 2, 0).numpy()
-
-
-def net_gain_db(mse_before: float, mse_after: float, record_bytes: int, extra_bytes: int) -> float:
-    """The PSNR gain of a side channel that lowers the MSE from ``mse_before`` to ``mse_after``, less
-    what its ``extra_bytes`` on a record of ``record_bytes`` must buy (``MIN_DB_PER_RATE_DOUBLING``
-    per doubling): positive when it pays for its bytes."""
-    if mse_after >= mse_before:
-        return -np.inf
-    if mse_after <= 0:
-        return np.inf
-    gain_db = 10 * np.log10(mse_before / mse_after)
-    return float(gain_db - MIN_DB_PER_RATE_DOUBLING * np.log2((record_bytes + extra_bytes) / record_bytes))
-
-
-def worth_sending(mse_before: float, mse_after: float, record_bytes: int, map_bytes: int) -> bool:
-    """Whether a map that lowers the MSE from ``mse_before`` to ``mse_after`` pays for its bytes."""
-    return net_gain_db(mse_before, mse_after, record_bytes, map_bytes) >= 0
+    return [(values, apply_colour_map(decoded, dequantize_colour_map(values)))]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import fsspec
 import torch
@@ -17,12 +18,15 @@ from safetensors.torch import load_file, save_file
 from sprdiff import components, storage
 from sprdiff.config import CONFIG_NAME, WEIGHTS_NAME, SPRDiffConfig
 from sprdiff.entropy import TABLE_BUFFERS
-from sprdiff.model import SPRDiff
 from sprdiff.model_pointer import read_pointer
 from sprdiff.presets import PRESETS, RETRAIN_HINT, SHIPPED_MODELS
 
+if TYPE_CHECKING:
+    from sprdiff.model import SPRDiff
 
-def build(config: SPRDiffConfig, *, use_sources: bool, cache_dir: Path | None = None) -> SPRDiff:
+
+def build(model_class: type[SPRDiff], config: SPRDiffConfig, *, use_sources: bool,
+          cache_dir: Path | None = None) -> SPRDiff:
     """Assemble a model: pretrained parts from their sources (``use_sources``) or built from
     their architecture configs; our modules random-initialised (from ``init_seed`` if set)."""
     with torch.random.fork_rng(devices=[]):
@@ -47,7 +51,7 @@ def build(config: SPRDiffConfig, *, use_sources: bool, cache_dir: Path | None = 
         components.add_lora(vae.encoder, config.lora_vae_rank, components.VAE_ENCODER_LORA_TARGETS,
                             config.lora_init)
         components.add_lora(unet, config.lora_unet_rank, components.UNET_LORA_TARGETS, config.lora_init)
-        model = SPRDiff(config, vae=vae, unet=unet, dino=dino, distortion=distortion)
+        model = model_class(config, vae=vae, unet=unet, dino=dino, distortion=distortion)
         if config.latent_init_gain != 1.0:
             with torch.no_grad():
                 last = model.latent_encoder[-1]
@@ -61,26 +65,26 @@ def build(config: SPRDiffConfig, *, use_sources: bool, cache_dir: Path | None = 
 MAX_POINTER_HOPS = 4
 
 
-def from_pretrained(name_or_uri: str, *, cache_dir: Path | None = None,
+def from_pretrained(model_class: type[SPRDiff], name_or_uri: str, *, cache_dir: Path | None = None,
                     device: str | torch.device = "cpu", _hops: int = 0) -> SPRDiff:
     """A preset name (``tiny``, ``sd-turbo``), a local directory, or a URI (``s3://...``); a model
     pointer (``sprdiff.model_pointer``) is followed, and the weights it finds must have its fingerprint."""
     if name_or_uri in PRESETS:
         config = PRESETS[name_or_uri]()
-        return build(config, use_sources=config.init_seed is None, cache_dir=cache_dir).to(device)
+        return build(model_class, config, use_sources=config.init_seed is None, cache_dir=cache_dir).to(device)
     if name_or_uri in SHIPPED_MODELS:
         path = SHIPPED_MODELS[name_or_uri]
         if not (path / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(f"the shipped model {name_or_uri!r} is missing from {path} (a partial checkout, or "
                                     f"an install without package data): reinstall, or retrain it with "
                                     f"`{RETRAIN_HINT[name_or_uri]}`")
-        return _load_directory(path).to(device)
+        return _load_directory(model_class, path).to(device)
     pointer = read_pointer(name_or_uri) if storage.local_path(name_or_uri) or storage.is_remote_uri(name_or_uri) \
         else None
     if pointer is not None:
         if _hops >= MAX_POINTER_HOPS:
             raise ValueError(f"{name_or_uri}: more than {MAX_POINTER_HOPS} model pointers in a row (a cycle?)")
-        model = from_pretrained(pointer.target, cache_dir=cache_dir, device=device, _hops=_hops + 1)
+        model = from_pretrained(model_class, pointer.target, cache_dir=cache_dir, device=device, _hops=_hops + 1)
         if model.fingerprint != pointer.fingerprint:
             raise ValueError(f"the model pointer {name_or_uri} names weights {pointer.fingerprint[:16]}..., but "
                              f"{pointer.target} holds {model.fingerprint[:16]}...: the weights were changed in "
@@ -92,12 +96,12 @@ def from_pretrained(name_or_uri: str, *, cache_dir: Path | None = None,
     if path is None or not (path / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{name_or_uri!r} is not a preset ({', '.join([*PRESETS, *SHIPPED_MODELS])}) nor a "
                                 f"directory with {CONFIG_NAME} and {WEIGHTS_NAME}")
-    return _load_directory(path).to(device)
+    return _load_directory(model_class, path).to(device)
 
 
-def _load_directory(path: Path) -> SPRDiff:
+def _load_directory(model_class: type[SPRDiff], path: Path) -> SPRDiff:
     config = SPRDiffConfig.from_json((path / CONFIG_NAME).read_text())
-    model = build(config, use_sources=False)
+    model = build(model_class, config, use_sources=False)
     load_weights(model, path / WEIGHTS_NAME)
     return model
 

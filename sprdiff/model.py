@@ -8,7 +8,7 @@ compressor), T (transform block), D_doe (distortion decoder), x̄ (coarse image)
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,8 +17,11 @@ from compressai.layers import ResidualBlock, subpel_conv3x3
 from diffusers import DDPMScheduler
 from torch import nn
 
-from sprdiff import bitstream, colour, offset_grid
+from sprdiff import decoder, encoder, loading
+from sprdiff.bitstream import Record, RecordHeader
 from sprdiff.config import SPRDiffConfig
+from sprdiff.decoder import to_uint8_images  # noqa: F401 - part of this module's interface
+from sprdiff.encoder import EncodeSettings, check_image_array  # noqa: F401
 from sprdiff.entropy import SpaceChannelEntropyModel
 from sprdiff.fusion import Fusion
 
@@ -83,14 +86,16 @@ class SPRDiff(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_uri: str, **kwargs) -> SPRDiff:
         """A preset name (``tiny``, ``sd-turbo``), a local directory or a URI; see ``sprdiff.loading``."""
-        from sprdiff.loading import from_pretrained
+        return loading.from_pretrained(cls, name_or_uri, **kwargs)
 
-        return from_pretrained(name_or_uri, **kwargs)
+    @classmethod
+    def from_config(cls, config: SPRDiffConfig, *, use_sources: bool = False, **kwargs) -> SPRDiff:
+        """A model assembled from ``config``: pretrained parts from their sources (``use_sources``) or
+        built from their architecture configs, our modules initialised (``sprdiff.loading.build``)."""
+        return loading.build(cls, config, use_sources=use_sources, **kwargs)
 
     def save_pretrained(self, destination: str) -> None:
-        from sprdiff.loading import save_pretrained
-
-        save_pretrained(self, destination)
+        loading.save_pretrained(self, destination)
 
     # ---- identity
 
@@ -130,7 +135,7 @@ class SPRDiff(nn.Module):
         patch = self.dino.config.patch_size
         scale = self.config.semantic_resolution / max(x.shape[-2:])
         grid = tuple(max(1, round(s * scale / patch)) for s in x.shape[-2:])
-        x = F.interpolate(x, size=(grid[0] * patch, grid[1] * patch), mode="bilinear", align_corners=False,
+        x = F.interpolate(x.float(), size=(grid[0] * patch, grid[1] * patch), mode="bilinear", align_corners=False,
                           antialias=True)
         return (x - self.image_mean) / self.image_std, grid
 
@@ -171,115 +176,53 @@ class SPRDiff(nn.Module):
         x_hat, x_bar = self.synthesis(coded["y_hat"])
         return {"x_hat": x_hat, "x_bar": x_bar, "likelihoods": coded["likelihoods"], "y_hat": coded["y_hat"]}
 
-    # ---- images <-> bytes
+    # ---- images <-> records (sprdiff.encoder decides the bytes, sprdiff.decoder reads them)
 
-    def _pad(self, image: np.ndarray) -> torch.Tensor:
-        check_image_array(image)
-        h, w = image.shape[:2]
-        m = self.config.pad_multiple
-        ph, pw = -h % m, -w % m
-        x = torch.tensor(image, device=self.device).permute(2, 0, 1)[None].float() / 255.0
-        if ph or pw:  # replicate padding (record's padding mode), cropped away after decoding
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        return x
+    def pad(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (1, 3, H', W') in [0, 1], replicate-padded to ``pad_multiple``."""
+        return encoder.pad(image, self.config.pad_multiple, self.device)
 
     @torch.no_grad()
     def encode_image(self, image: np.ndarray) -> EncodedImage:
-        x = self._pad(image)
-        string, y_hat = self.entropy.compress(self.analysis(x))
+        """One image's latent code, before it becomes a record."""
+        string, y_hat = self.entropy.compress(self.analysis(self.pad(image)))
         return EncodedImage(string=string, y_hat=y_hat, width=image.shape[1], height=image.shape[0])
 
-    @torch.no_grad()
-    def compress(self, images: list[np.ndarray], *, colour_correction: bool = True) -> list[bytes]:
-        """(H, W, 3) uint8 arrays of any sizes -> one record each.
+    def encode(self, images: list[np.ndarray], settings: EncodeSettings | None = None) -> list[Record]:
+        """(H, W, 3) uint8 arrays of any sizes -> one record each, with its header (``sprdiff.encoder``)."""
+        return encoder.encode(self, images, settings or EncodeSettings())
+
+    def compress(self, images: list[np.ndarray], *, colour_correction: bool = True, batch_size: int = 1,
+                 precision: str = "fp32") -> list[bytes]:
+        """(H, W, 3) uint8 arrays of any sizes -> one record's bytes each.
 
         With ``colour_correction`` (the default) the encoder also decodes each image and sends
-        what brings the decoded colours closest to the original's, each when its gain is worth
-        its bytes: the affine colour map (12-18 bytes, ``sprdiff.colour``), then a coarse grid of
-        RGB offsets (``sprdiff.offset_grid``). That decode about doubles the encoding time
-        (``bench/bench_codec.py``); ``False`` skips it and writes version-1 records.
-
-        Each image goes through the encoder alone, so its bytes never depend on the other
-        images in the call (batched float kernels may differ in the last bit).
+        the side channels that bring its colours closest to the original's, each when its gain is
+        worth its bytes: the affine colour map (``sprdiff.colour``), then a coarse grid of RGB
+        offsets (``sprdiff.offset_grid``). That decode about doubles the encoding time;
+        ``False`` skips it. ``batch_size``: see ``sprdiff.encoder`` (1: bytes independent of the
+        other images in the call); ``precision``: ``fp32`` or ``bf16`` (``sprdiff.precision``).
         """
-        records = []
-        for image in images:
-            enc = self.encode_image(image)
-            header = bitstream.RecordHeader(width=enc.width, height=enc.height, timestep=self.config.timestep,
-                                            rate_id=self.config.rate_id, fingerprint_tag=0)
-            if colour_correction:
-                records.append(self._with_colour_correction(header, enc, image))
-            else:
-                records.append(bitstream.pack(header, [enc.string], self.fingerprint_bytes))
-        return records
+        settings = EncodeSettings(side_information=colour_correction, batch_size=batch_size, precision=precision)
+        return [record.data for record in self.encode(images, settings)]
 
-    def _with_colour_correction(self, header: bitstream.RecordHeader, enc: EncodedImage,
-                                image: np.ndarray) -> bytes:
-        """The record with the colour map and the offset grid, each if it pays for its bytes."""
-        def pack(h: bitstream.RecordHeader) -> bytes:
-            return bitstream.pack(h, [enc.string], self.fingerprint_bytes)
-
-        x_hat, _ = self.synthesis(enc.y_hat)
-        decoded = x_hat[0, :, :enc.height, :enc.width].permute(1, 2, 0).double().cpu().numpy()
-        original = image.astype(np.float64) / 255
-        record = pack(header)
-        colour_map, mapped = colour.correct_on_grid(decoded, original)
-        with_map = replace(header, colour_map=colour_map)
-        record_with_map = pack(with_map)
-        if colour.worth_sending(float(np.mean((decoded - original) ** 2)), float(np.mean((mapped - original) ** 2)),
-                                len(record), len(record_with_map) - len(record)):
-            header, decoded, record = with_map, mapped, record_with_map
-        choice = offset_grid.choose_grid(decoded, original, len(record),
-                                         lambda grid: len(pack(replace(header, offset_grid=grid))) - len(record))
-        return record if choice is None else pack(replace(header, offset_grid=choice.grid))
-
-    def parse(self, record: bytes) -> tuple[bitstream.RecordHeader, bytes]:
+    def parse(self, record: bytes) -> tuple[RecordHeader, bytes]:
         """Verify one record for this model; raises :class:`BitstreamError` on any problem."""
-        header, strings = bitstream.unpack(record, self.fingerprint_bytes, num_strings=1)
-        if header.timestep != self.config.timestep:
-            raise bitstream.BitstreamError(f"record was coded for timestep {header.timestep}, this model uses "
-                                           f"{self.config.timestep}", status="model_mismatch")
-        return header, strings[0]
+        return decoder.parse(self, record)
 
-    @torch.no_grad()
-    def decode_latents(self, record: bytes) -> tuple[bitstream.RecordHeader, torch.Tensor]:
-        header, string = self.parse(record)
-        m = self.config.pad_multiple
-        y_shape = (-(-header.height // m) * m // 16, -(-header.width // m) * m // 16)
-        return header, self.entropy.decompress(string, y_shape, self.device)
+    def decode_latents(self, record: bytes) -> tuple[RecordHeader, torch.Tensor]:
+        return decoder.decode_latents(self, record)
 
-    @torch.no_grad()
-    def decompress(self, records: list[bytes], batch_size: int = 1) -> list[np.ndarray]:
-        """Records -> (H, W, 3) uint8 arrays at their original sizes.
+    def decompress(self, records: list[bytes], batch_size: int = 1, precision: str = "fp32") -> list[np.ndarray]:
+        """Records -> (H, W, 3) uint8 arrays at their original sizes (``sprdiff.decoder``).
 
-        Every record is verified before any decoding. With the default ``batch_size=1``
-        each image is synthesised alone, so its pixels never depend on the other records
-        in the call. ``batch_size > 1`` synthesises same-size images together (faster on a
-        GPU), but batched float kernels may then move a few pixels by one level.
+        Every record is verified before any decoding. With the default ``batch_size=1`` each
+        image is synthesised alone, so its pixels never depend on the other records in the call.
         """
-        decoded = [self.decode_latents(r) for r in records]
-        out: list[np.ndarray | None] = [None] * len(records)
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, (_, y_hat) in enumerate(decoded):
-            by_shape.setdefault(tuple(y_hat.shape), []).append(i)
-        for indexes in by_shape.values():
-            for start in range(0, len(indexes), batch_size):
-                chunk = indexes[start:start + batch_size]
-                x_hat, _ = self.synthesis(torch.cat([decoded[i][1] for i in chunk]))
-                for i, image in zip(chunk, x_hat, strict=True):
-                    out[i] = self.output_pixels(image, decoded[i][0])
-        return out  # type: ignore[return-value]
+        return decoder.decode(self, records, batch_size, precision)
 
-    def output_pixels(self, x_hat: torch.Tensor, header: bitstream.RecordHeader) -> np.ndarray:
-        """One synthesised x̂ (3, H', W') of the record with ``header`` -> what ``decompress``
-        returns for it: cropped to (H, W, 3), the record's colour map and offset grid applied,
-        rounded to uint8."""
-        x_hat = x_hat[:, :header.height, :header.width]
-        if header.colour_map is not None:
-            x_hat = colour.apply_colour_map(x_hat, colour.dequantize_colour_map(header.colour_map))
-        if header.offset_grid is not None:
-            x_hat = offset_grid.apply_offsets(x_hat, header.offset_grid)
-        return np.ascontiguousarray(to_uint8_images(x_hat[None])[0])
+    def output_pixels(self, x_hat: torch.Tensor, header: RecordHeader) -> np.ndarray:
+        return decoder.output_pixels(x_hat, header)
 
     # ---- training helpers
 
@@ -291,18 +234,3 @@ class SPRDiff(nn.Module):
         for name, p in self.named_parameters():
             pretrained = name.startswith(("vae.", "unet.", "dino.", "distortion."))
             p.requires_grad_(not pretrained or "lora_" in name)
-
-
-def to_uint8_images(x: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) floats in [0, 1] (clipped if outside) -> (B, H, W, 3) uint8, rounded to nearest."""
-    return (x * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def check_image_array(image: np.ndarray) -> None:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise TypeError(f"images must be (H, W, 3) uint8 arrays, got {desc}; use sprdiff.images.load_image "
-                        f"to convert files")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"image has no pixels: {image.shape}")
-

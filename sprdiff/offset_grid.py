@@ -5,44 +5,60 @@ brighter or bluer blob across a sky's gradient, a region a few levels too dark. 
 which has the original, fits a grid of RGB offsets (``rows x cols`` nodes over the image) whose
 bilinear upsampling takes the decoded image closest to the original (least squares), rounds
 them to steps of 1/``OFFSET_STEP_INVERSE`` of full scale, and entropy-codes them with
-CompressAI's Gaussian conditional (one zero-mean scale per channel, from CompressAI's standard
-scale table) into one rANS string. The decoder adds the upsampled grid to x̂ after the colour
-map. It is the idea of a codec's encoder-side low-pass residual, in the spirit of the colour map.
+CompressAI's Gaussian conditional (one zero-mean scale per channel) into one rANS string. The
+decoder adds the upsampled grid to x̂ after the colour map. It is the idea of a codec's
+encoder-side low-pass residual, in the spirit of the colour map.
 
-The encoder tries grids of ``CELLS_ALONG_SHORT_SIDE`` cells and sends the one whose PSNR gain
-best pays for its bytes, by the colour map's rule (at least ``MIN_DB_PER_RATE_DOUBLING`` dB per
-doubling of the record), or none.
+The coder's integer CDF tables decide whether a record decodes, so they are not recomputed in
+floating point at run time: they are stored in ``tables/offset_grid_cdfs.npz`` (what CompressAI
+1.2.8 computes for its standard 64-scale table, the tables every version-3 record was written
+with) and checked against ``TABLES_SHA256`` when loaded.
+
+The encoder tries grids of ``CELLS_ALONG_SHORT_SIDE`` cells; ``sprdiff.side_channels`` keeps the
+one whose PSNR gain best pays for its bytes, or none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import hashlib
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from compressai.entropy_models import GaussianConditional
-from compressai.models.google import get_scale_table
 
 from sprdiff.bitstream import GRID_SCALE_INDEXES, MAX_GRID_SIDE, CodedOffsetGrid
-from sprdiff.colour import net_gain_db
 
 OFFSET_STEP_INVERSE = 64  # offsets on a grid of 1/64 of full scale (4 of 255 levels)
 CELLS_ALONG_SHORT_SIDE = (2, 3, 4, 6, 8, 12, 16)
 MIN_CELL_PIXELS = 16  # no cell narrower than this: finer detail is the codec's job, not a side channel's
+TABLES = Path(__file__).parent / "tables" / "offset_grid_cdfs.npz"
+TABLE_ARRAYS = ("quantized_cdf", "cdf_length", "offset", "scale_table")
+TABLES_SHA256 = "c596e7faa09e1d545afa79125dd8a03e04ec74c13045c5376c4822fd1e47e1e1"  # of the three integer tables
+
+
+def tables_digest(quantized_cdf: np.ndarray, cdf_length: np.ndarray, offset: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for table in (quantized_cdf, cdf_length, offset):
+        h.update(np.ascontiguousarray(table, dtype=np.int32).tobytes())
+    return h.hexdigest()
 
 
 @cache
 def _gaussian_conditional() -> GaussianConditional:
-    """CompressAI's zero-mean Gaussian coder over its standard 64-scale table; no learned parameters,
-    so encoder and decoder build the same CDF tables from the compressai version alone."""
-    coder = GaussianConditional(None)
-    coder.update_scale_table(get_scale_table())
-    if coder.scale_table.numel() != GRID_SCALE_INDEXES:  # the record spends one byte per index
-        raise RuntimeError(f"compressai's scale table has {coder.scale_table.numel()} scales; the record format "
-                           f"expects {GRID_SCALE_INDEXES}: pin the compressai version in pyproject.toml")
+    """CompressAI's zero-mean Gaussian coder over the stored tables; no learned parameters."""
+    stored = np.load(TABLES)
+    tables = {name: stored[name] for name in TABLE_ARRAYS}
+    if tables_digest(tables["quantized_cdf"], tables["cdf_length"], tables["offset"]) != TABLES_SHA256:
+        raise RuntimeError(f"{TABLES} is damaged (its CDF tables do not match their SHA-256): reinstall sprdiff")
+    if len(tables["scale_table"]) != GRID_SCALE_INDEXES:  # the record spends one byte per index
+        raise RuntimeError(f"{TABLES} has {len(tables['scale_table'])} scales, the record format {GRID_SCALE_INDEXES}")
+    coder = GaussianConditional(scale_table=tables["scale_table"].tolist())
+    coder._quantized_cdf = torch.from_numpy(tables["quantized_cdf"])
+    coder._cdf_length = torch.from_numpy(tables["cdf_length"])
+    coder._offset = torch.from_numpy(tables["offset"])
     return coder
 
 
@@ -56,11 +72,11 @@ def grid_shape(height: int, width: int, cells: int) -> tuple[int, int] | None:
     return (cells, along_long) if height <= width else (along_long, cells)
 
 
-def interpolation_matrix(size: int, nodes: int) -> np.ndarray:
+def interpolation_matrix(size: int, nodes: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """(size, nodes) float64: column j is node j's weight at each pixel under ``upsample``'s
     interpolation (linear, half-pixel centres), so the fit and the decoder share one operator."""
-    eye = torch.eye(nodes, dtype=torch.float64)[:, None, :]
-    return F.interpolate(eye, size=size, mode="linear", align_corners=False)[:, 0, :].T.numpy()
+    eye = torch.eye(nodes, dtype=torch.float64, device=device)[:, None, :]
+    return F.interpolate(eye, size=size, mode="linear", align_corners=False)[:, 0, :].T
 
 
 def upsample(offsets: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -68,19 +84,21 @@ def upsample(offsets: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(offsets[None], size=(height, width), mode="bilinear", align_corners=False)[0]
 
 
-def fit_offsets(residual: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """The (3, rows, cols) grid whose upsampling is closest to ``residual`` (H, W, 3) in the least
-    squares sense. Bilinear upsampling is separable, so the fit is two small pseudo-inverses."""
-    rows_pinv = np.linalg.pinv(interpolation_matrix(residual.shape[0], rows))
-    cols_pinv = np.linalg.pinv(interpolation_matrix(residual.shape[1], cols))
-    return np.stack([rows_pinv @ residual[..., c] @ cols_pinv.T for c in range(3)])
+def fit_offsets(residual: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """The grid(s) ``(..., 3, rows, cols)`` whose upsampling is closest to ``residual``
+    ``(..., 3, H, W)`` in the least-squares sense, on the residual's device. Bilinear upsampling is
+    separable, so the fit is two small pseudo-inverses, shared by every image and channel."""
+    residual = residual.double()
+    rows_pinv = torch.linalg.pinv(interpolation_matrix(residual.shape[-2], rows, residual.device))
+    cols_pinv = torch.linalg.pinv(interpolation_matrix(residual.shape[-1], cols, residual.device))
+    return rows_pinv @ residual @ cols_pinv.T
 
 
-def encode_values(values: np.ndarray) -> CodedOffsetGrid:
+def encode_values(values: np.ndarray | torch.Tensor) -> CodedOffsetGrid:
     """(3, rows, cols) integers -> the record's field: each channel coded with the scale that
     makes it shortest (estimated from the Gaussian's likelihoods), all in one rANS string."""
     coder = _gaussian_conditional()
-    v = torch.as_tensor(values, dtype=torch.float32)
+    v = torch.as_tensor(values).cpu().to(torch.float32)
     scales = coder.scale_table.to(torch.float32)[:, None, None, None]  # (scales, 1, 1, 1) against (3, rows, cols)
     bits = -torch.log2(coder._likelihood(v[None], scales).clamp_min(1e-9)).sum(dim=(2, 3))  # (scales, 3)
     scale_indexes = [int(i) for i in bits.argmin(dim=0)]
@@ -97,10 +115,11 @@ def decode_values(grid: CodedOffsetGrid) -> np.ndarray:
     return values.reshape(3, grid.rows, grid.cols).round().to(torch.int64).numpy()
 
 
-def offset_image(values: np.ndarray, height: int, width: int, like: torch.Tensor | None = None) -> torch.Tensor:
+def offset_image(values: np.ndarray | torch.Tensor, height: int, width: int,
+                 like: torch.Tensor | None = None) -> torch.Tensor:
     """(3, rows, cols) integers -> the (3, height, width) offsets they add (dtype and device of ``like``)."""
     dtype, device = (like.dtype, like.device) if like is not None else (torch.float64, "cpu")
-    return upsample(torch.as_tensor(values, dtype=dtype, device=device) / OFFSET_STEP_INVERSE, height, width)
+    return upsample(torch.as_tensor(values).to(dtype=dtype, device=device) / OFFSET_STEP_INVERSE, height, width)
 
 
 def apply_offsets(x: torch.Tensor, grid: CodedOffsetGrid) -> torch.Tensor:
@@ -108,32 +127,19 @@ def apply_offsets(x: torch.Tensor, grid: CodedOffsetGrid) -> torch.Tensor:
     return (x + offset_image(decode_values(grid), x.shape[1], x.shape[2], like=x)).clamp(0, 1)
 
 
-@dataclass(frozen=True)
-class GridChoice:
-    grid: CodedOffsetGrid
-    corrected: np.ndarray  # (H, W, 3) float64, what the decoder will have before rounding
-    net_gain_db: float
-
-
-def choose_grid(decoded: np.ndarray, original: np.ndarray, record_bytes: int,
-                grid_bytes: Callable[[CodedOffsetGrid], int]) -> GridChoice | None:
-    """The grid that best pays for its bytes on ``decoded`` (H, W, 3) in [0, 1] against
-    ``original``, or None if none does. ``grid_bytes(grid)`` says how many bytes the grid adds to
-    a record of ``record_bytes`` (the record format's own count, container fields included)."""
-    height, width = decoded.shape[:2]
+def candidate_grids(decoded: torch.Tensor, original: torch.Tensor) -> list[tuple[CodedOffsetGrid, torch.Tensor]]:
+    """Every grid worth weighing for ``decoded`` (3, H, W) against ``original``, both float64 in
+    [0, 1] on one device: ``(grid, what the decoder will have with it)``, coarsest first."""
+    height, width = decoded.shape[-2:]
     residual = original - decoded
-    mse_before = float(np.mean(residual ** 2))
-    best: GridChoice | None = None
+    out = []
     for cells in CELLS_ALONG_SHORT_SIDE:
         shape = grid_shape(height, width, cells)
         if shape is None:
             break
-        values = np.rint(fit_offsets(residual, *shape) * OFFSET_STEP_INVERSE).astype(np.int64)
-        if not values.any():
+        values = torch.round(fit_offsets(residual, *shape) * OFFSET_STEP_INVERSE).to(torch.int64)
+        if not bool(values.any()):
             continue
-        grid = encode_values(values)
-        corrected = np.clip(decoded + offset_image(values, height, width).permute(1, 2, 0).numpy(), 0, 1)
-        gain = net_gain_db(mse_before, float(np.mean((corrected - original) ** 2)), record_bytes, grid_bytes(grid))
-        if gain > 0 and (best is None or gain > best.net_gain_db):
-            best = GridChoice(grid=grid, corrected=corrected, net_gain_db=gain)
-    return best
+        corrected = (decoded + offset_image(values, height, width, like=decoded)).clamp(0, 1)
+        out.append((encode_values(values), corrected))
+    return out

@@ -14,8 +14,10 @@ import numpy as np
 import torch
 
 from sprdiff import colour
+from sprdiff.decoder import to_uint8_images
+from sprdiff.encoder import image_tensor
 from sprdiff.evaluation.metrics import psnr
-from sprdiff.model import SPRDiff, to_uint8_images
+from sprdiff.model import SPRDiff
 
 STAGES = {
     "vae_round_trip": "VAE decoder of the (LoRA-tuned) VAE encoder's latent, nothing coded",
@@ -38,7 +40,7 @@ def reconstruction_breakdown(model: SPRDiff, image: np.ndarray) -> dict[str, flo
     record = model.compress([image])[0]
     header, y_hat = model.decode_latents(record)
     x_hat, x_bar = model.synthesis(y_hat)
-    x = model._pad(image)
+    x = model.pad(image)
     vae_round_trip = (model.vae.decode(model.vae.encode(x * 2 - 1).latent_dist.mean).sample + 1) / 2
     distortion_round_trip = model.distortion.g_s(model.distortion.g_a(x))
     outputs = {"vae_round_trip": vae_round_trip, "distortion_round_trip": distortion_round_trip,
@@ -46,8 +48,8 @@ def reconstruction_breakdown(model: SPRDiff, image: np.ndarray) -> dict[str, flo
     # the padded outputs cropped back to the image, rounded as decompress rounds
     pixels = {name: np.ascontiguousarray(to_uint8_images(out)[0, :height, :width]) for name, out in outputs.items()}
     pixels["x_hat"] = model.output_pixels(x_hat[0], header)  # decompress's pixels, without decoding again
-    round_trip = vae_round_trip[0, :, :height, :width].permute(1, 2, 0).double().cpu().numpy()
-    mapped = colour.quantize_colour_map(colour.fit_colour_map(round_trip, image.astype(np.float64) / 255))
+    round_trip = vae_round_trip[0, :, :height, :width].double()
+    mapped = colour.quantize_colour_map(colour.fit_colour_map(round_trip, image_tensor(image, x.device).double()))
     # the round trip as decompress would give it back from a record carrying that map (and no grid)
     pixels["vae_round_trip_mapped"] = model.output_pixels(vae_round_trip[0],
                                                           replace(header, colour_map=mapped, offset_grid=None))

@@ -22,10 +22,10 @@ GRID = bitstream.CodedOffsetGrid(rows=8, cols=12, scale_indexes=(21, 20, 63), st
 
 
 def _record(width=512, height=512, strings=(b"\x01" * 1000,), timestep=999, rate_id=3, fp=FP,
-            colour_map=None, offset_grid=None) -> bytes:
+            colour_map=None, offset_grid=None, version=bitstream.FORMAT_VERSION, extensions=()) -> bytes:
     header = RecordHeader(width=width, height=height, timestep=timestep, rate_id=rate_id, fingerprint_tag=0,
-                          colour_map=colour_map, offset_grid=offset_grid)
-    return pack(header, list(strings), fp)
+                          colour_map=colour_map, offset_grid=offset_grid, extensions=extensions)
+    return pack(header, list(strings), fp, version=version)
 
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 16383, 16384, 2**32 - 1])
@@ -41,8 +41,8 @@ def test_pack_unpack_round_trip():
     header, out = unpack(rec, FP, num_strings=3)
     assert out == strings
     assert (header.width, header.height, header.timestep, header.rate_id) == (37, 1, 5, 15)
-    assert header.fingerprint_tag == FP[0] and header.version == 1  # no colour map: version 1, as it always was
-    assert header.colour_map is None
+    assert header.fingerprint_tag == FP[0] and header.version == bitstream.FORMAT_VERSION == 4
+    assert header.colour_map is None and header.extensions == ()
 
 
 def test_container_overhead_is_at_most_16_bytes_for_512px():
@@ -130,9 +130,9 @@ def test_programmer_errors_are_not_bitstream_errors():
         read_header("not bytes")  # type: ignore[arg-type]
 
 
-def test_a_colour_map_makes_a_version_2_record_that_round_trips():
-    plain = _record(strings=(b"abc", b"\x00" * 300))
-    rec = _record(strings=(b"abc", b"\x00" * 300), colour_map=COLOUR_MAP)
+def test_a_legacy_version_2_record_with_a_colour_map_round_trips():
+    plain = _record(strings=(b"abc", b"\x00" * 300), version=1)
+    rec = _record(strings=(b"abc", b"\x00" * 300), colour_map=COLOUR_MAP, version=2)
     header, strings = unpack(rec, FP, num_strings=2)
     assert header.version == 2 and header.colour_map == COLOUR_MAP
     assert strings == [b"abc", b"\x00" * 300]
@@ -147,8 +147,9 @@ def test_zigzag_round_trip(value):
     assert bitstream.zigzag(value) >= 0
 
 
-def test_colour_map_damage_is_refused():
-    rec = _record(strings=(bytes(range(256)),), colour_map=COLOUR_MAP)
+@pytest.mark.parametrize("version", [2, 3, 4])
+def test_colour_map_damage_is_refused(version):
+    rec = _record(strings=(bytes(range(256)),), colour_map=COLOUR_MAP, version=version)
     for i in range(len(rec)):  # flips inside the map too
         damaged = bytearray(rec)
         damaged[i] ^= 0x01
@@ -159,16 +160,22 @@ def test_colour_map_damage_is_refused():
             unpack(rec[:cut], FP, num_strings=1)
 
 
-def test_a_version_1_record_cannot_claim_a_colour_map():
-    rec = bytearray(_record())
+def test_a_record_cannot_claim_a_field_its_version_lacks():
+    rec = bytearray(_record(version=1))
     rec[2] |= 0x40  # the colour-map flag, which version 1 does not have
     with pytest.raises(BitstreamError, match="flags") as e:
         read_header(bytes(rec))
     assert e.value.status == "corrupt"
-    rec = bytearray(_record(colour_map=COLOUR_MAP))
+    rec = bytearray(_record(colour_map=COLOUR_MAP, version=2))
     rec[2] |= 0x80  # the offset-grid flag, which version 2 does not have
     with pytest.raises(BitstreamError, match="flags"):
         read_header(bytes(rec))
+    rec = bytearray(_record())
+    rec[2] |= 0x80  # reserved from version 4
+    with pytest.raises(BitstreamError, match="flags"):
+        read_header(bytes(rec))
+    with pytest.raises(ValueError, match="cannot hold a offset_grid"):
+        _record(offset_grid=GRID, version=2)
 
 
 def test_a_bad_colour_map_is_a_programmer_error():
@@ -179,9 +186,9 @@ def test_a_bad_colour_map_is_a_programmer_error():
 
 
 @pytest.mark.parametrize("colour_map", [None, COLOUR_MAP])
-def test_an_offset_grid_makes_a_version_3_record_that_round_trips(colour_map):
-    plain = _record(strings=(b"abc", b"\x00" * 300), colour_map=colour_map)
-    rec = _record(strings=(b"abc", b"\x00" * 300), colour_map=colour_map, offset_grid=GRID)
+def test_a_legacy_version_3_record_with_an_offset_grid_round_trips(colour_map):
+    plain = _record(strings=(b"abc", b"\x00" * 300), colour_map=colour_map, version=3)
+    rec = _record(strings=(b"abc", b"\x00" * 300), colour_map=colour_map, offset_grid=GRID, version=3)
     header, strings = unpack(rec, FP, num_strings=2)
     assert header.version == 3 and header.offset_grid == GRID and header.colour_map == colour_map
     assert strings == [b"abc", b"\x00" * 300]
@@ -190,8 +197,9 @@ def test_an_offset_grid_makes_a_version_3_record_that_round_trips(colour_map):
     assert len(rec) - len(plain) == 2 + 3 + 1 + len(GRID.string)
 
 
-def test_offset_grid_damage_is_refused():
-    rec = _record(strings=(bytes(range(256)),), colour_map=COLOUR_MAP, offset_grid=GRID)
+@pytest.mark.parametrize("version", [3, 4])
+def test_offset_grid_damage_is_refused(version):
+    rec = _record(strings=(bytes(range(256)),), colour_map=COLOUR_MAP, offset_grid=GRID, version=version)
     for i in range(len(rec)):
         damaged = bytearray(rec)
         damaged[i] ^= 0x01
@@ -203,8 +211,9 @@ def test_offset_grid_damage_is_refused():
         assert e.value.status == "truncated" or cut < 3, (cut, e.value)
 
 
-def test_an_implausible_offset_grid_is_corrupt_and_a_bad_one_a_programmer_error():
-    rec = bytearray(_record(offset_grid=GRID))
+@pytest.mark.parametrize("version", [3, 4])
+def test_an_implausible_offset_grid_is_corrupt_and_a_bad_one_a_programmer_error(version):
+    rec = bytearray(_record(offset_grid=GRID, version=version))
     start = rec.index(bytes([GRID.rows - 1, GRID.cols - 1]) + bytes(GRID.scale_indexes))
     rec[start + 2] = bitstream.GRID_SCALE_INDEXES  # a scale index past the table
     with pytest.raises(BitstreamError, match="scale indexes") as e:
@@ -214,3 +223,72 @@ def test_an_implausible_offset_grid_is_corrupt_and_a_bad_one_a_programmer_error(
         _record(offset_grid=bitstream.CodedOffsetGrid(rows=0, cols=3, scale_indexes=(1, 1, 1), string=b"x"))
     with pytest.raises(ValueError, match="scale indexes"):
         _record(offset_grid=bitstream.CodedOffsetGrid(rows=2, cols=3, scale_indexes=(1, 1), string=b"x"))
+
+
+# ---- version 4: the extension area
+
+def test_version_4_carries_both_side_channels_as_extensions():
+    plain = _record(strings=(b"abc", b"\x00" * 300))
+    rec = _record(strings=(b"abc", b"\x00" * 300), colour_map=COLOUR_MAP, offset_grid=GRID)
+    header, strings = unpack(rec, FP, num_strings=2)
+    assert header.version == 4 and header.colour_map == COLOUR_MAP and header.offset_grid == GRID
+    assert strings == [b"abc", b"\x00" * 300]
+    legacy = _record(strings=(b"abc", b"\x00" * 300), colour_map=COLOUR_MAP, offset_grid=GRID, version=3)
+    # the count (1 byte) and per entry a tag and a length (1 byte each) beyond version 3's inline fields
+    assert len(rec) - len(legacy) == 1 + 2 * 2
+    assert bitstream.record_length(RecordHeader(512, 512, 999, 3, 0, colour_map=COLOUR_MAP, offset_grid=GRID),
+                                   [3, 300]) == len(rec)
+    assert len(plain) == len(_record(strings=(b"abc", b"\x00" * 300), version=1))  # nothing optional: no cost
+
+
+def test_an_unknown_non_critical_extension_is_skipped_and_kept():
+    note = bitstream.Extension(id=40, critical=False, payload=b"encoder=test")
+    rec = _record(colour_map=COLOUR_MAP, extensions=(note,))
+    header, strings = unpack(rec, FP, num_strings=1)
+    assert header.extensions == (note,) and header.colour_map == COLOUR_MAP and strings == [b"\x01" * 1000]
+    assert pack(header, strings, FP) == rec  # written back unchanged
+
+
+def test_an_unknown_critical_extension_is_refused_with_upgrade():
+    rec = _record(extensions=(bitstream.Extension(id=41, critical=True, payload=b"\x00\x01"),))
+    with pytest.raises(BitstreamError, match="extension 41.*upgrade") as e:
+        unpack(rec, FP, num_strings=1)
+    assert e.value.status == "future_version"
+
+
+def test_a_damaged_extension_area_is_corrupt():
+    one = bitstream.Extension(id=40, critical=False, payload=b"x")
+    rec = bytearray(_record(strings=(b"ab",), extensions=(one,)))
+    area = rec.index(bytes([1, 40 << 1, 1]) + b"x")  # count, tag, length, payload
+    for offset, value, match in [(0, 0, "0 extensions"), (1, 2 << 1, "offset_grid extension is damaged"),
+                                 (2, 0x7F, "truncated record: it ends inside extension 40")]:
+        damaged = bytearray(rec)
+        damaged[area + offset] = value
+        with pytest.raises(BitstreamError, match=match):
+            unpack(bytes(damaged), FP, num_strings=1)
+    two = bytearray(_record(extensions=(one, bitstream.Extension(id=41, critical=False, payload=b"y"))))
+    start = two.index(bytes([40 << 1, 1]) + b"x")
+    two[start:start + 6] = bytes([41 << 1, 1]) + b"y" + bytes([40 << 1, 1]) + b"x"
+    with pytest.raises(BitstreamError, match="out of order") as e:
+        read_header(bytes(two))
+    assert e.value.status == "corrupt"
+    with pytest.raises(ValueError, match="unique"):
+        _record(extensions=(bitstream.Extension(id=1, critical=False, payload=b""),))
+
+
+def test_a_hand_written_version_4_record():
+    """The layout spelled out byte by byte (not produced by pack), so the writer cannot drift unnoticed."""
+    fp = bytes(range(32))
+    plain = bytes.fromhex("d5 04 01 02 01 e7 07 00 02 01 02 baa9b2cd")
+    #                      magic, version 4, flags (rate 1, replicate), width-1 = 2, height-1 = 1,
+    #                      timestep 999 (varint e7 07), tag fp[0], one string of 2 bytes, CRC-32 LE
+    header, strings = unpack(plain, fp, num_strings=1)
+    assert (header.width, header.height, header.timestep, header.rate_id, header.version) == (3, 2, 999, 1, 4)
+    assert strings == [b"\x01\x02"] and header.colour_map is None
+    assert pack(RecordHeader(3, 2, 999, 1, 0), [b"\x01\x02"], fp) == plain
+    mapped = bytes.fromhex("d5 04 41 02 01 e7 07 00 01 03 0c 02 01 00 04 00 00 00 00 00 00 00 05 02 01 02 7ebddd16")
+    #                       flags bit 6: an extension area of 1 entry, tag 3 (id 1 = colour map, critical),
+    #                       12 bytes: the map (1, -1, 0, 2, 0, ..., -3) in zigzag varints
+    header, _ = unpack(mapped, fp, num_strings=1)
+    assert header.colour_map == (1, -1, 0, 2, 0, 0, 0, 0, 0, 0, 0, -3)
+    assert pack(RecordHeader(3, 2, 999, 1, 0, colour_map=header.colour_map), [b"\x01\x02"], fp) == mapped

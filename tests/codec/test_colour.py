@@ -14,6 +14,10 @@ def _uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
 
 
+def _tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image.astype(np.float64) / 255).permute(2, 0, 1)
+
+
 def _through(image: np.ndarray, colour_map: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(image.astype(np.float64) / 255).permute(2, 0, 1)
     return colour.apply_colour_map(x, colour_map).permute(1, 2, 0).numpy()
@@ -24,15 +28,30 @@ def test_a_known_colour_shift_is_undone_through_the_record_grid(sample_images):
     greyer = np.array([[0.7, 0.2, 0.1, 0.05], [0.15, 0.6, 0.15, 0.1], [0.1, 0.1, 0.8, 0.0]])
     shifted = _uint8(_through(image, greyer))
     assert psnr(image, shifted) < 25
-    fitted = colour.fit_colour_map(shifted.astype(np.float64) / 255, image.astype(np.float64) / 255)
+    fitted = colour.fit_colour_map(_tensor(shifted), _tensor(image)).numpy()
+    # the same least squares as numpy's solver
+    design = np.concatenate([shifted.reshape(-1, 3) / 255, np.ones((shifted[..., 0].size, 1))], axis=1)
+    np.testing.assert_allclose(fitted, np.linalg.lstsq(design, image.reshape(-1, 3) / 255, rcond=None)[0].T,
+                               atol=1e-9)
     sent = colour.dequantize_colour_map(colour.quantize_colour_map(fitted))
     assert np.abs(sent - fitted).max() <= 0.5 / colour.COLOUR_MAP_SCALE + 1e-12
     assert psnr(image, _uint8(_through(shifted, sent))) > 38  # what is left: 8-bit rounding of `shifted`, the grid
 
-    # the encoder's one call does the same: the record's integers, and the image the decoder will see
-    values, corrected = colour.correct_on_grid(shifted.astype(np.float64) / 255, image.astype(np.float64) / 255)
+    # the encoder's candidate: the record's integers, and the image the decoder will see
+    [(values, corrected)] = colour.candidate_maps(_tensor(shifted), _tensor(image))
     assert values == colour.quantize_colour_map(fitted)
-    assert psnr(image, _uint8(corrected)) > 38
+    assert psnr(image, _uint8(corrected.permute(1, 2, 0).numpy())) > 38
+
+
+def test_maps_fit_in_batches_and_flat_images_get_a_finite_map(sample_images):
+    images = [np.ascontiguousarray(sample_images[n][:40, :60]) for n in ("coffee", "astronaut")]
+    decoded = torch.stack([_tensor(i) * 0.8 + 0.05 for i in images])
+    maps = colour.fit_colour_map(decoded, torch.stack([_tensor(i) for i in images]))
+    assert maps.shape == (2, 3, 4)
+    for k in range(2):
+        torch.testing.assert_close(maps[k], colour.fit_colour_map(decoded[k], _tensor(images[k])))
+    flat = torch.full((3, 8, 8), 0.5, dtype=torch.float64)
+    assert torch.isfinite(colour.fit_colour_map(flat, flat)).all()
 
 
 def test_identity_is_all_zeros_and_the_integers_keep_their_order():
@@ -54,15 +73,6 @@ def test_apply_works_on_batches_and_clips():
     assert torch.allclose(y, (2 * x + 0.1).clamp(0, 1))
 
 
-def test_a_map_is_sent_only_when_its_gain_pays_for_its_bytes():
-    gain = (100.0, 60.0)  # +2.2 dB
-    assert colour.worth_sending(*gain, record_bytes=2000, map_bytes=20)
-    assert not colour.worth_sending(*gain, record_bytes=20, map_bytes=20)  # doubling the record: needs 3 dB
-    assert not colour.worth_sending(100.0, 99.9, record_bytes=2000, map_bytes=20)  # 0.004 dB
-    assert not colour.worth_sending(100.0, 100.0, record_bytes=2000, map_bytes=20)
-    assert colour.worth_sending(100.0, 0.0, record_bytes=20, map_bytes=20)
-
-
 def test_fit_refuses_images_of_two_sizes():
     with pytest.raises(ValueError, match="one size"):
-        colour.fit_colour_map(np.zeros((4, 4, 3)), np.zeros((4, 5, 3)))
+        colour.fit_colour_map(torch.zeros(3, 4, 4), torch.zeros(3, 4, 5))

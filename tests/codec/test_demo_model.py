@@ -10,7 +10,6 @@ import torch
 from sprdiff import SPRDiff
 from sprdiff.config import WEIGHTS_NAME
 from sprdiff.evaluation import ms_ssim, psnr
-from sprdiff.loading import build
 from sprdiff.presets import SHIPPED_MODELS, demo_init_config
 
 MAX_WEIGHTS_BYTES = 20 * 10**6
@@ -24,7 +23,7 @@ def demo_model() -> SPRDiff:
 
 def test_weights_fit_the_budget_and_match_the_preset_architecture(demo_model):
     assert (SHIPPED_MODELS["demo"] / WEIGHTS_NAME).stat().st_size <= MAX_WEIGHTS_BYTES
-    untrained = build(demo_init_config(), use_sources=False)
+    untrained = SPRDiff.from_config(demo_init_config())
     shapes = {k: v.shape for k, v in untrained.state_dict().items() if "_quantized_cdf" not in k}
     assert {k: v.shape for k, v in demo_model.state_dict().items() if "_quantized_cdf" not in k} == shapes
     assert demo_model.fingerprint != untrained.fingerprint

@@ -14,7 +14,6 @@ from transformers import Dinov2Config, Dinov2Model
 
 from sprdiff import SPRDiff
 from sprdiff.config import CONFIG_NAME, WEIGHTS_NAME, SPRDiffConfig
-from sprdiff.loading import build
 from sprdiff.presets import sd_turbo_config, tiny_config
 
 
@@ -108,7 +107,7 @@ def test_sd_turbo_preset_names_its_sources():
 
 def test_sd_turbo_loads_its_components_from_sources(sd_turbo_standins, tmp_path, sample_images):
     root, codec = sd_turbo_standins
-    model = build(_standin_config(root), use_sources=True)
+    model = SPRDiff.from_config(_standin_config(root), use_sources=True)
     # Pretrained weights really came from the sources...
     ref = AutoencoderKL.from_pretrained(root / "sd-turbo" / "vae")
     assert torch.equal(model.vae.decoder.conv_out.weight, ref.decoder.conv_out.weight)
@@ -130,7 +129,7 @@ def test_sd_turbo_sources_on_s3(sd_turbo_standins, s3_bucket, tmp_path):
     fs = fsspec.filesystem("s3")
     fs.put(str(root / "sd-turbo"), f"{s3_bucket[5:]}/sd-turbo", recursive=True)
     config = _standin_config(root).replace(vae_source=f"{s3_bucket}/sd-turbo#vae")
-    model = build(config, use_sources=True, cache_dir=tmp_path / "cache")
+    model = SPRDiff.from_config(config, use_sources=True, cache_dir=tmp_path / "cache")
     ref = AutoencoderKL.from_pretrained(root / "sd-turbo" / "vae")
     assert torch.equal(model.vae.encoder.conv_out.weight, ref.encoder.conv_out.weight)
 

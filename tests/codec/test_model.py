@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,9 +168,37 @@ def test_colour_correction_adds_a_map_and_a_grid_to_the_same_code(tiny_model, sa
     [with_map] = tiny_model.compress([image])
     [without] = tiny_model.compress([image], colour_correction=False)
     header, strings = tiny_model.parse(with_map)[0], bitstream.unpack(with_map, tiny_model.fingerprint_bytes, 1)[1]
-    assert header.version == 3 and header.colour_map is not None and header.offset_grid is not None
+    assert header.version == 4 and header.colour_map is not None and header.offset_grid is not None
     assert tiny_model.decompress([with_map])[0].shape == image.shape
-    assert read_header(without)[0].version == 1 and read_header(without)[0].colour_map is None
+    assert read_header(without)[0].version == 4 and read_header(without)[0].colour_map is None
     assert strings == bitstream.unpack(without, tiny_model.fingerprint_bytes, 1)[1]  # the latent code is untouched
     gain = psnr(image, tiny_model.decompress([with_map])[0]) - psnr(image, tiny_model.decompress([without])[0])
     assert gain > 0.5, f"the map was fitted to lower the error, gained {gain:.2f} dB"
+
+
+def test_the_encoder_returns_each_record_with_its_header(tiny_model, sample_images):
+    images = [_crop(sample_images["astronaut"], 96, 128), _crop(sample_images["coffee"], 64, 64)]
+    records = tiny_model.encode(images)
+    assert [r.data for r in records] == tiny_model.compress(images)
+    for record in records:
+        header, _ = read_header(record.data)
+        assert record.header == header  # what a parse would say, without the parse
+        assert record.num_bytes == len(record.data) == record.latent_bytes + record.container_bytes
+
+
+def test_batched_records_decode_alone_in_another_process_and_match_single_encoding(tiny_model, sample_images):
+    images = [_crop(sample_images[name], 128, 192) for name in ("astronaut", "coffee", "chelsea")]
+    images.append(_crop(sample_images["astronaut"], 64, 64))  # another padded size: its own batch
+    single = tiny_model.compress(images)
+    batched = tiny_model.compress(images, batch_size=4)
+    assert tiny_model.compress(images, batch_size=4) == batched  # a rerun reproduces the bytes
+    script = ("import sys, numpy as np; from sprdiff import SPRDiff; m = SPRDiff.from_pretrained('tiny'); "
+              "records = np.load(sys.argv[1], allow_pickle=True); "
+              "sys.stdout.buffer.write(b''.join(m.decompress([bytes(r)])[0].tobytes() for r in records))")
+    path = Path(tempfile.mkdtemp()) / "records.npy"
+    np.save(path, np.array(batched, dtype=object), allow_pickle=True)
+    out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, check=True).stdout
+    here = tiny_model.decompress(batched, batch_size=4)
+    assert out == b"".join(image.tobytes() for image in tiny_model.decompress(batched))
+    for image, a, b, c in zip(images, tiny_model.decompress(single), tiny_model.decompress(batched), here):
+        assert abs(psnr(image, a) - psnr(image, b)) <= 0.05 and abs(psnr(image, b) - psnr(image, c)) <= 0.05

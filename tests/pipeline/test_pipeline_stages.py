@@ -137,7 +137,7 @@ def test_encode_job_without_colour_correction_writes_version_1_records(photo_fol
     assert len(rows) == 5
     for key, r in rows.items():
         [record] = tiny_model.compress([small_images[key]], colour_correction=False)
-        assert r["bitstream"] == record and r["format_version"] == 1
+        assert r["bitstream"] == record and r["format_version"] == read_header(record)[0].version == 4
 
 
 def test_local_encode_job_resumes_and_refuses_other_settings(photo_folder, tmp_path, encode_local):
