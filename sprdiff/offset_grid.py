@@ -21,6 +21,7 @@ one whose PSNR gain best pays for its bytes, or none.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -84,14 +85,36 @@ def upsample(offsets: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(offsets[None], size=(height, width), mode="bilinear", align_corners=False)[0]
 
 
+@cache
+def _operators(size: int, nodes: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The interpolation matrix (size, nodes) and its pseudo-inverse, per size and device."""
+    matrix = interpolation_matrix(size, nodes, device)
+    return matrix, torch.linalg.pinv(matrix)
+
+
 def fit_offsets(residual: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """The grid(s) ``(..., 3, rows, cols)`` whose upsampling is closest to ``residual``
     ``(..., 3, H, W)`` in the least-squares sense, on the residual's device. Bilinear upsampling is
     separable, so the fit is two small pseudo-inverses, shared by every image and channel."""
     residual = residual.double()
-    rows_pinv = torch.linalg.pinv(interpolation_matrix(residual.shape[-2], rows, residual.device))
-    cols_pinv = torch.linalg.pinv(interpolation_matrix(residual.shape[-1], cols, residual.device))
+    _, rows_pinv = _operators(residual.shape[-2], rows, str(residual.device))
+    _, cols_pinv = _operators(residual.shape[-1], cols, str(residual.device))
     return rows_pinv @ residual @ cols_pinv.T
+
+
+def residual_after(residual: torch.Tensor, values: torch.Tensor) -> float:
+    """Mean square of ``residual`` (3, H, W) minus the grid ``values``' upsampled offsets, without
+    upsampling: with U = R g Cᵀ, |r - U|² = |r|² - 2<RᵀrC, g> + <RᵀR g CᵀC, g>, all on the grid.
+    (The decoder also clips to [0, 1]; this ignores that, which only matters where offsets push
+    pixels past black or white.)"""
+    rows, cols = values.shape[-2:]
+    row_matrix, _ = _operators(residual.shape[-2], rows, str(residual.device))
+    col_matrix, _ = _operators(residual.shape[-1], cols, str(residual.device))
+    g = values.to(torch.float64) / OFFSET_STEP_INVERSE
+    projected = row_matrix.T @ residual @ col_matrix  # (3, rows, cols)
+    energy = (row_matrix.T @ row_matrix) @ g @ (col_matrix.T @ col_matrix)
+    total = residual.square().sum() - 2 * (projected * g).sum() + (energy * g).sum()
+    return float(total) / residual.numel()
 
 
 def encode_values(values: np.ndarray | torch.Tensor) -> CodedOffsetGrid:
@@ -127,9 +150,11 @@ def apply_offsets(x: torch.Tensor, grid: CodedOffsetGrid) -> torch.Tensor:
     return (x + offset_image(decode_values(grid), x.shape[1], x.shape[2], like=x)).clamp(0, 1)
 
 
-def candidate_grids(decoded: torch.Tensor, original: torch.Tensor) -> list[tuple[CodedOffsetGrid, torch.Tensor]]:
+def candidate_grids(decoded: torch.Tensor, original: torch.Tensor
+                    ) -> list[tuple[CodedOffsetGrid, float, Callable[[], torch.Tensor]]]:
     """Every grid worth weighing for ``decoded`` (3, H, W) against ``original``, both float64 in
-    [0, 1] on one device: ``(grid, what the decoder will have with it)``, coarsest first."""
+    [0, 1] on one device, coarsest first: ``(grid, the mean square error left with it, a function
+    giving what the decoder will have with it)``. Only the chosen grid is ever upsampled."""
     height, width = decoded.shape[-2:]
     residual = original - decoded
     out = []
@@ -140,6 +165,9 @@ def candidate_grids(decoded: torch.Tensor, original: torch.Tensor) -> list[tuple
         values = torch.round(fit_offsets(residual, *shape) * OFFSET_STEP_INVERSE).to(torch.int64)
         if not bool(values.any()):
             continue
-        corrected = (decoded + offset_image(values, height, width, like=decoded)).clamp(0, 1)
-        out.append((encode_values(values), corrected))
+
+        def corrected(values=values) -> torch.Tensor:
+            return (decoded + offset_image(values, height, width, like=decoded)).clamp(0, 1)
+
+        out.append((encode_values(values), residual_after(residual, values), corrected))
     return out

@@ -14,7 +14,7 @@ one), in float64; the decoder's ``apply`` runs on x̂ in its own dtype.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -45,14 +45,16 @@ def net_gain_db(mse_before: float, mse_after: float, record_bytes: int, extra_by
 @dataclass(frozen=True)
 class Candidate:
     value: Any  # what the record's field would hold
-    corrected: torch.Tensor  # (3, H, W) float64: the decoder's image with it, before rounding
+    mse: float  # the mean square error against the original that is left with it
+    corrected: Callable[[], torch.Tensor]  # (3, H, W) float64: the decoder's image with it, before rounding
 
 
 class SideChannel(Protocol):
     field: str  # the RecordHeader field (bitstream.FIELDS) it fills
 
     def fit(self, decoded: torch.Tensor, original: torch.Tensor) -> list[Candidate]:
-        """Candidates for ``decoded`` (3, H, W) against ``original``, both float64 in [0, 1]."""
+        """Candidates for ``decoded`` (3, H, W) against ``original``, both float64 in [0, 1]; each
+        says the error it leaves, and makes its corrected image only when asked (the chosen one)."""
 
     def apply(self, x: torch.Tensor, value: Any) -> torch.Tensor:
         """The decoder's step: x (3, H, W) in [0, 1] -> corrected, clipped to [0, 1]."""
@@ -70,7 +72,7 @@ class ColourMap:
     field = "colour_map"
 
     def fit(self, decoded: torch.Tensor, original: torch.Tensor) -> list[Candidate]:
-        return [Candidate(v, c) for v, c in colour.candidate_maps(decoded, original)]
+        return [Candidate(v, _mse(c, original), lambda c=c: c) for v, c in colour.candidate_maps(decoded, original)]
 
     def apply(self, x: torch.Tensor, value: tuple[int, ...]) -> torch.Tensor:
         return colour.apply_colour_map(x, colour.dequantize_colour_map(value))
@@ -82,7 +84,7 @@ class OffsetGrid:
     field = "offset_grid"
 
     def fit(self, decoded: torch.Tensor, original: torch.Tensor) -> list[Candidate]:
-        return [Candidate(g, c) for g, c in offset_grid.candidate_grids(decoded, original)]
+        return [Candidate(g, mse, c) for g, mse, c in offset_grid.candidate_grids(decoded, original)]
 
     def apply(self, x: torch.Tensor, value: bitstream.CodedOffsetGrid) -> torch.Tensor:
         return offset_grid.apply_offsets(x, value)
@@ -105,12 +107,12 @@ def choose(decoded: torch.Tensor, original: torch.Tensor, header: RecordHeader, 
         record_bytes = bitstream.record_length(header, string_lengths)
         best: tuple[float, Candidate] | None = None
         for candidate in channel.fit(current, original):
-            gain = net_gain_db(before, _mse(candidate.corrected, original), record_bytes,
-                               cost(channel, header, string_lengths, candidate.value))
+            extra = cost(channel, header, string_lengths, candidate.value)
+            gain = net_gain_db(before, candidate.mse, record_bytes, extra)
             if gain > 0 and (best is None or gain > best[0]):
                 best = (gain, candidate)
         if best is not None:
-            header, current = replace(header, **{channel.field: best[1].value}), best[1].corrected
+            header, current = replace(header, **{channel.field: best[1].value}), best[1].corrected()
     return header, current
 
 

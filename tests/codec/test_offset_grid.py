@@ -111,3 +111,12 @@ def test_grids_fit_in_batches_on_the_residual_device():
     grids = offset_grid.fit_offsets(residual, 3, 5)
     assert grids.shape == (2, 3, 3, 5)
     torch.testing.assert_close(grids[1], offset_grid.fit_offsets(residual[1], 3, 5))
+
+
+def test_the_error_left_by_a_grid_is_computed_on_the_grid_exactly():
+    rng = np.random.default_rng(3)
+    residual = torch.from_numpy(rng.normal(0, 0.05, (3, 70, 90)))
+    values = torch.from_numpy(rng.integers(-5, 6, (3, 4, 6)))
+    upsampled = offset_grid.offset_image(values, 70, 90)
+    assert offset_grid.residual_after(residual, values) == pytest.approx(float(((residual - upsampled) ** 2).mean()),
+                                                                         rel=1e-10)
