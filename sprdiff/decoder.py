@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from sprdiff import bitstream, side_channels
+from sprdiff import bitstream, side_channels, tiling
 from sprdiff.bitstream import BitstreamError, RecordHeader
 from sprdiff.encoder import batches, padded_size
 from sprdiff.precision import autocast, check_precision
@@ -55,17 +55,21 @@ def output_pixels(x_hat: torch.Tensor, header: RecordHeader) -> np.ndarray:
 
 
 @torch.inference_mode()
-def decode(model, records: Sequence[bytes], batch_size: int = 1, precision: str = "fp32") -> list[np.ndarray]:
+def decode(model, records: Sequence[bytes], batch_size: int = 1, precision: str = "fp32",
+           tile_size: int | None = tiling.DEFAULT_TILE_SIZE) -> list[np.ndarray]:
     """Records -> (H, W, 3) uint8 arrays at their original sizes, in order. Every record is
-    verified before any pixel is synthesised. ``precision``: of the synthesis (``sprdiff.precision``)."""
+    verified before any pixel is synthesised. ``precision``: of the synthesis (``sprdiff.precision``);
+    ``tile_size``: synthesis above it runs on overlapping tiles laid out from the header's image
+    size alone (``sprdiff.tiling``), so any tile size decodes any record."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    tiling.check_tile_size(tile_size)
     check_precision(precision, model.device)
     decoded = [decode_latents(model, r) for r in records]
     out: list[np.ndarray | None] = [None] * len(records)
     for chunk in batches([tuple(y_hat.shape[2:]) for _, y_hat in decoded], batch_size):
         with autocast(precision, model.device):
-            x_hat = model.synthesis(torch.cat([decoded[i][1] for i in chunk]))[0].float()
+            x_hat = model.synthesis(torch.cat([decoded[i][1] for i in chunk]), tile_size)[0].float()
         for i, image in zip(chunk, x_hat, strict=True):
             out[i] = output_pixels(image, decoded[i][0])
     return out  # type: ignore[return-value]

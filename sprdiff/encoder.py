@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sprdiff import bitstream, side_channels
+from sprdiff import bitstream, side_channels, tiling
 from sprdiff.bitstream import Record, RecordHeader
 from sprdiff.precision import PRECISIONS, autocast, check_precision
 
@@ -35,12 +35,15 @@ class EncodeSettings:
     side_information: bool = True  # fit and send the side channels (colour map, offset grid)
     batch_size: int = 1  # images of one padded size per neural call
     precision: str = "fp32"  # of the neural stages (sprdiff.precision); check it against the device first
+    # px: images with a padded side above it run on overlapping tiles (sprdiff.tiling); None: never
+    tile_size: int | None = tiling.DEFAULT_TILE_SIZE
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        tiling.check_tile_size(self.tile_size)
 
 
 def check_image_array(image: np.ndarray) -> None:
@@ -95,13 +98,13 @@ def encode(model, images: Sequence[np.ndarray], settings: EncodeSettings | None 
     for chunk in batches(sizes, settings.batch_size):
         x = torch.cat([pad(images[i], multiple, model.device) for i in chunk])
         with autocast(settings.precision, model.device):
-            y = model.analysis(x).float()  # the entropy coder takes float32 (its parameters are exact)
+            y = model.analysis(x, settings.tile_size).float()  # the entropy coder takes float32 (exact parameters)
         coded = [model.entropy.compress(y[j:j + 1]) for j in range(len(chunk))]  # (string, y_hat) each
         headers = [RecordHeader(width=images[i].shape[1], height=images[i].shape[0], timestep=model.config.timestep,
                                 rate_id=model.config.rate_id, fingerprint_tag=0) for i in chunk]
         if settings.side_information:
             with autocast(settings.precision, model.device):
-                x_hat = model.synthesis(torch.cat([y_hat for _, y_hat in coded]))[0].float()
+                x_hat = model.synthesis(torch.cat([y_hat for _, y_hat in coded]), settings.tile_size)[0].float()
             for j, i in enumerate(chunk):
                 h, w = images[i].shape[:2]
                 headers[j], _ = side_channels.choose(x_hat[j, :, :h, :w], image_tensor(images[i], model.device),

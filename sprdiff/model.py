@@ -17,7 +17,7 @@ from compressai.layers import ResidualBlock, subpel_conv3x3
 from diffusers import DDPMScheduler
 from torch import nn
 
-from sprdiff import decoder, encoder, loading
+from sprdiff import decoder, encoder, loading, tiling
 from sprdiff.bitstream import Record, RecordHeader
 from sprdiff.config import SPRDiffConfig
 from sprdiff.decoder import to_uint8_images  # noqa: F401 - part of this module's interface
@@ -149,24 +149,45 @@ class SPRDiff(nn.Module):
         tokens, (h, w) = self.semantic_tokens(x)
         return tokens[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, h, w)
 
-    def analysis(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, 3, H, W) in [0, 1], sides multiples of ``pad_multiple`` -> Y (B, M, H/16, W/16)."""
-        e_vae = self.vae.encode(x * 2 - 1).latent_dist.mean * self.vae.config.scaling_factor
-        e_doe = self.distortion.g_a(x)
-        e_soe = self.semantic_map(x)
+    def analysis(self, x: torch.Tensor, tile_size: int | None = None) -> torch.Tensor:
+        """x (B, 3, H, W) in [0, 1], sides multiples of ``pad_multiple`` -> Y (B, M, H/16, W/16).
+        ``tile_size``: run the full-resolution networks on overlapping tiles (``sprdiff.tiling``)."""
+        with tiling.vae_tiles(self.vae, tile_size):
+            e_vae = self.vae.encode(x * 2 - 1).latent_dist.mean * self.vae.config.scaling_factor
+        if tiling.needs_tiling(x, tile_size):
+            e_doe = tiling.crop_tiled(self.distortion.g_a, x, tile_size, tiling.G_A_MARGIN, (1, 16))
+        else:
+            e_doe = self.distortion.g_a(x)
+        e_soe = self.semantic_map(x)  # global: DINOv2 sees the whole image, resized
         return self.latent_encoder(self.fusion(e_vae, e_doe, e_soe))
 
-    def synthesis(self, y_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ŷ (B, M, H/16, W/16) -> (x̂, x̄), both (B, 3, H, W) in [0, 1]."""
+    def synthesis(self, y_hat: torch.Tensor, tile_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ŷ (B, M, H/16, W/16) -> (x̂, x̄), both (B, 3, H, W) in [0, 1]. ``tile_size``: as for
+        :meth:`analysis`; every UNet tile attends to the same F_s, taken from the whole x̄."""
+        tiled = bool(tile_size) and max(y_hat.shape[-2:]) * 16 > tile_size
         e_hat = self.latent_decoder(y_hat)  # Ê
-        x_bar = self.distortion.g_s(self.transform(y_hat)).clamp(0, 1)  # x̄ = D_doe(T(Ŷ))
-        f_p = self.projector(x_bar * 2 - 1)
+        if tiled:
+            x_bar = tiling.crop_tiled(self.distortion.g_s, self.transform(y_hat), tile_size // 16, tiling.G_S_MARGIN,
+                                      (16, 1)).clamp(0, 1)
+            f_p = tiling.crop_tiled(self.projector, x_bar * 2 - 1, tile_size, tiling.PROJECTOR_MARGIN, (1, 8))
+        else:
+            x_bar = self.distortion.g_s(self.transform(y_hat)).clamp(0, 1)  # x̄ = D_doe(T(Ŷ))
+            f_p = self.projector(x_bar * 2 - 1)
         f_s = self.semantic_projection(self.semantic_tokens(x_bar)[0])
         z_t = e_hat + f_p
         t = torch.full((z_t.shape[0],), self.config.timestep, device=z_t.device, dtype=torch.long)
-        eps = self.unet(z_t, t, encoder_hidden_states=f_s).sample
+
+        def epsilon(z: torch.Tensor) -> torch.Tensor:
+            return self.unet(z, t, encoder_hidden_states=f_s).sample
+
+        if tiled:
+            latent_tile = tile_size // 8
+            eps = tiling.blend_tiled(epsilon, z_t, latent_tile, tiling.latent_overlap(latent_tile))
+        else:
+            eps = epsilon(z_t)
         z_0 = (z_t - (1 - self.alpha_bar).sqrt() * eps) / self.alpha_bar.sqrt()
-        x_hat = self.vae.decode(z_0 / self.vae.config.scaling_factor).sample
+        with tiling.vae_tiles(self.vae, tile_size):
+            x_hat = self.vae.decode(z_0 / self.vae.config.scaling_factor).sample
         return ((x_hat + 1) / 2).clamp(0, 1), x_bar
 
     def forward(self, x: torch.Tensor) -> dict:
@@ -193,7 +214,7 @@ class SPRDiff(nn.Module):
         return encoder.encode(self, images, settings or EncodeSettings())
 
     def compress(self, images: list[np.ndarray], *, colour_correction: bool = True, batch_size: int = 1,
-                 precision: str = "fp32") -> list[bytes]:
+                 precision: str = "fp32", tile_size: int | None = tiling.DEFAULT_TILE_SIZE) -> list[bytes]:
         """(H, W, 3) uint8 arrays of any sizes -> one record's bytes each.
 
         With ``colour_correction`` (the default) the encoder also decodes each image and sends
@@ -201,9 +222,11 @@ class SPRDiff(nn.Module):
         worth its bytes: the affine colour map (``sprdiff.colour``), then a coarse grid of RGB
         offsets (``sprdiff.offset_grid``). That decode about doubles the encoding time;
         ``False`` skips it. ``batch_size``: see ``sprdiff.encoder`` (1: bytes independent of the
-        other images in the call); ``precision``: ``fp32`` or ``bf16`` (``sprdiff.precision``).
+        other images in the call); ``precision``: ``fp32`` or ``bf16`` (``sprdiff.precision``);
+        ``tile_size``: images with a padded side above it run on overlapping tiles (``sprdiff.tiling``).
         """
-        settings = EncodeSettings(side_information=colour_correction, batch_size=batch_size, precision=precision)
+        settings = EncodeSettings(side_information=colour_correction, batch_size=batch_size, precision=precision,
+                                  tile_size=tile_size)
         return [record.data for record in self.encode(images, settings)]
 
     def parse(self, record: bytes) -> tuple[RecordHeader, bytes]:
@@ -213,13 +236,16 @@ class SPRDiff(nn.Module):
     def decode_latents(self, record: bytes) -> tuple[RecordHeader, torch.Tensor]:
         return decoder.decode_latents(self, record)
 
-    def decompress(self, records: list[bytes], batch_size: int = 1, precision: str = "fp32") -> list[np.ndarray]:
+    def decompress(self, records: list[bytes], batch_size: int = 1, precision: str = "fp32",
+                   tile_size: int | None = tiling.DEFAULT_TILE_SIZE) -> list[np.ndarray]:
         """Records -> (H, W, 3) uint8 arrays at their original sizes (``sprdiff.decoder``).
 
         Every record is verified before any decoding. With the default ``batch_size=1`` each
         image is synthesised alone, so its pixels never depend on the other records in the call.
+        ``tile_size``: synthesis of images with a padded side above it runs on overlapping tiles
+        (``sprdiff.tiling``); any tile size decodes any record.
         """
-        return decoder.decode(self, records, batch_size, precision)
+        return decoder.decode(self, records, batch_size, precision, tile_size)
 
     def output_pixels(self, x_hat: torch.Tensor, header: RecordHeader) -> np.ndarray:
         return decoder.output_pixels(x_hat, header)
