@@ -1,0 +1,142 @@
+"""An external sort of listing rows by ``(key, seq)``: sorted runs spilled to Parquet, then merged.
+
+Planning sorts every input by key, so parts hold disjoint key ranges whatever order the storage
+lists objects in (S3 Inventory data files come in no fixed order), and repeated keys end up side
+by side where one pass can find them. A listing of 10^8 objects does not fit in a driver, so rows
+are buffered up to ``run_rows``, sorted by Arrow and written as a run; the merge reads every run
+one batch at a time. pyarrow has no streaming merge of sorted files and DuckDB/Polars are not
+dependencies of the jobs, hence this small merge: each step emits every buffered row up to the
+smallest "last row" among the runs' current batches (no row after it can be smaller), sorted by
+Arrow, so the Python work is a few bisections per batch rather than a comparison per row.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SORT_KEYS = [("key", "ascending"), ("seq", "ascending")]
+RUN_ROWS = 500_000  # about 100 MB of listing rows in Arrow while a run is sorted
+MERGE_BUFFER_ROWS = 400_000  # rows held by the merge, shared out among the runs
+
+
+class ExternalSorter:
+    """``add`` batches with a string ``key`` and a unique int64 ``seq`` column, then ``sorted_batches``."""
+
+    def __init__(self, schema: pa.Schema, *, run_rows: int = RUN_ROWS, workdir: str | None = None):
+        self.schema, self.run_rows = schema, run_rows
+        self._own_dir = workdir is None
+        self.workdir = workdir or tempfile.mkdtemp(prefix="sprdiff-plan-", dir=os.environ.get("TMPDIR", "/tmp"))
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffered = 0
+        self._runs: list[str] = []
+        self.rows = 0
+
+    def add(self, batch: pa.RecordBatch | pa.Table) -> None:
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        if table.num_rows == 0:
+            return
+        self._buffer.extend(table.cast(self.schema).to_batches())
+        self._buffered += table.num_rows
+        self.rows += table.num_rows
+        if self._buffered >= self.run_rows:
+            self._spill()
+
+    def _sorted_buffer(self) -> pa.Table:
+        table = pa.Table.from_batches(self._buffer, self.schema) if self._buffer else self.schema.empty_table()
+        self._buffer, self._buffered = [], 0
+        return table.sort_by(SORT_KEYS)
+
+    def _spill(self) -> None:
+        path = os.path.join(self.workdir, f"run-{len(self._runs):05d}-{uuid.uuid4().hex[:6]}.parquet")
+        pq.write_table(self._sorted_buffer(), path, compression="lz4", row_group_size=65_536)
+        self._runs.append(path)
+
+    def sorted_batches(self, batch_rows: int = 65_536) -> Iterator[pa.Table]:
+        """Every row added, in ``(key, seq)`` order, as tables of at most ``batch_rows`` rows."""
+        try:
+            if not self._runs:
+                table = self._sorted_buffer()
+                for start in range(0, table.num_rows, batch_rows):
+                    yield table.slice(start, batch_rows)
+                return
+            if self._buffer:
+                self._spill()
+            yield from _rechunk(self._merge(), batch_rows)
+        finally:
+            self.close()
+
+    def _merge(self) -> Iterator[pa.Table]:
+        per_run = max(1024, MERGE_BUFFER_ROWS // len(self._runs))
+        runs = [_Run(path, per_run) for path in self._runs]
+        live = [r for r in runs if r.load()]
+        while live:
+            bound = min(r.last for r in live)  # no row still unread in any run is below this one
+            pieces = [r.take_through(bound) for r in live]
+            merged = pa.concat_tables([p for p in pieces if p.num_rows])
+            yield merged.sort_by(SORT_KEYS)
+            live = [r for r in live if r.remaining or r.load()]
+
+    def close(self) -> None:
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class _Run:
+    def __init__(self, path: str, batch_rows: int):
+        self._batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+        self.table: pa.Table | None = None
+        self.keys: list[str] = []
+        self.seqs: list[int] = []
+        self.cursor = 0
+
+    def load(self) -> bool:
+        batch = next(self._batches, None)
+        if batch is None:
+            return False
+        self.table = pa.Table.from_batches([batch])
+        self.keys = batch.column("key").to_pylist()
+        self.seqs = batch.column("seq").to_pylist()
+        self.cursor = 0
+        return True
+
+    @property
+    def remaining(self) -> int:
+        return len(self.keys) - self.cursor
+
+    @property
+    def last(self) -> tuple[str, int]:
+        return self.keys[-1], self.seqs[-1]
+
+    def take_through(self, bound: tuple[str, int]) -> pa.Table:
+        """The rows from the cursor up to and including ``bound`` in (key, seq) order."""
+        key, seq = bound
+        end = bisect.bisect_right(self.keys, key, lo=self.cursor)
+        while end > self.cursor and self.keys[end - 1] == key and self.seqs[end - 1] > seq:
+            end -= 1  # equal keys: order by seq
+        piece = self.table.slice(self.cursor, end - self.cursor)
+        self.cursor = end
+        return piece
+
+
+def _rechunk(tables: Iterator[pa.Table], batch_rows: int) -> Iterator[pa.Table]:
+    """The same rows in tables of exactly ``batch_rows`` rows (the last one shorter)."""
+    pending: list[pa.Table] = []
+    have = 0
+    for table in tables:
+        pending.append(table)
+        have += table.num_rows
+        while have >= batch_rows:
+            joined = pa.concat_tables(pending)
+            yield joined.slice(0, batch_rows)
+            rest = joined.slice(batch_rows)
+            pending, have = ([rest] if rest.num_rows else []), rest.num_rows
+    if have:
+        yield pa.concat_tables(pending)
