@@ -4,14 +4,15 @@ Output layout of the encode job (the *archive*, CONTRACTS §1)::
 
     <output>/part-00000.parquet   one per plan shard, rows sorted by key, written whole (never half a file)
     <output>/_parts/part-00000.json  the part's summary (rows, size, sha256, key range, counts), written
-                                  right after the part commits; _stats.json and _index.parquet come from these
+                                  right after the part commits; _stats.json and _index/ come from these
     <output>/_plan/...            the stored plan (pipeline.inputs.plan)
-    <output>/_index.parquet       part -> rows and key range, for lookups (pipeline.lookup)
+    <output>/_index/parts.parquet part -> rows and key range, for lookups (pipeline.lookup)
     <output>/_job.json            what the output was started with; a rerun must match it
     <output>/_stats.json          the summary of the whole output
 
-Files whose names start with ``_`` or ``.`` are skipped by pyarrow, pandas, DuckDB and Polars
-globs over ``*.parquet``, so the parts read as one table with no project code.
+The parts read as one table with no project code: pyarrow and pandas skip names starting with
+``_`` or ``.``, and a glob over ``OUTPUT/*.parquet`` (DuckDB, Polars) sees only the parts, since
+every other Parquet file lives in a ``_`` folder.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pipeline.storage import Location
 
 JOB_FILE = "_job.json"
 STATS_FILE = "_stats.json"
-INDEX_FILE = "_index.parquet"
+INDEX_FILE = "_index/parts.parquet"  # in a folder: DuckDB and Polars globs skip folders, not "_" names
 PARTS_DIR = "_parts"
 MAX_ROW_GROUP_BYTES = 64 * 1024 * 1024  # binary data per row group: far below Arrow's 2 GiB array limit
 MAX_ROW_GROUP_ROWS = 1024  # small enough that a key lookup reads about 1.5 MB of 512² records, not a part

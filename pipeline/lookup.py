@@ -1,7 +1,7 @@
 """Finding rows in an archive without reading it: the part index, then row-group statistics.
 
 * :class:`ArchiveIndex` says which parts there are and which keys each holds: from
-  ``_index.parquet`` (one small file), else from the ``_parts/`` sidecars, else (an archive written
+  ``_index/parts.parquet`` (one small file), else from the ``_parts/`` sidecars, else (an archive written
   before parts had summaries, or any folder of Parquet files) from a listing, with no key ranges.
 * :func:`read_part` reads one part's selected rows: for keys, only the row groups whose key
   statistics (min/max) can hold one of them; for a ``--where`` expression, pyarrow's own

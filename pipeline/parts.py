@@ -245,7 +245,7 @@ def _run_window(window: list[PartTask], stream: Stream, totals: Totals, progress
 
 
 class IndexWriter:
-    """Collects one row per part (streamed to a local temporary file), then writes ``_index.parquet``
+    """Collects one row per part (streamed to a local temporary file), then writes ``_index/parts.parquet``
     sorted by first key: what lookups read instead of every part's footer."""
 
     def __init__(self) -> None:

@@ -33,7 +33,7 @@ from pipeline.inputs.listing import Page, list_pages
 from pipeline.inputs.plan import ITEM_SCHEMA, PlanWriter, StoredPlan
 from pipeline.inputs.sorting import ExternalSorter
 from pipeline.inputs.wds import IMAGE_SUFFIXES
-from pipeline.storage import Location
+from pipeline.storage import Location, redact_uri
 
 INPUT_FORMATS = ("auto", "images", "wds", "parquet")
 PLAN_BATCH_ROWS = 65_536
@@ -66,7 +66,11 @@ class PlanRequest:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
 
     def settings(self) -> dict:
-        return {"input": self.input, "input_list": self.input_list, "input_format": self.input_format,
+        """What shaped the plan (URIs normalised, credentials dropped): in its digest and ``plan.json``."""
+        def place(uri: str | None) -> str | None:
+            return None if uri is None else redact_uri(Location.of(uri).uri())
+
+        return {"input": place(self.input), "input_list": place(self.input_list), "input_format": self.input_format,
                 "rows_per_part": self.rows_per_part, "limit": self.limit, "image_column": self.image_column,
                 "key_column": self.key_column}
 
