@@ -27,6 +27,8 @@ def actor_pool(text: str) -> tuple[int, int | None]:
     if not match:
         raise argparse.ArgumentTypeError(f"--actors takes N or MIN:MAX, got {text!r}")
     fewest, most = int(match.group(1)), match.group(2)
+    if fewest < 1 or (most is not None and int(most) < fewest):
+        raise argparse.ArgumentTypeError(f"--actors {text}: need 1 <= MIN <= MAX")
     return fewest, int(most) if most is not None else None
 
 

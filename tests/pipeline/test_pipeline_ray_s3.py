@@ -44,7 +44,7 @@ def quiet(_: str) -> None:
 def test_encode_and_decode_jobs_over_s3(ray_two_cpus, s3_photos, bucket, small_images, bad_files, tmp_path,
                                         tiny_model, capsys):
     archive = f"s3://{bucket}/archive"
-    stats = run_encode_job(EncodeJobConfig(input=s3_photos, output=archive, shard_size=5, max_pixels=MAX_PIXELS,
+    stats = run_encode_job(EncodeJobConfig(input=s3_photos, output=archive, rows_per_part=5, max_pixels=MAX_PIXELS,
                                            compute=COMPUTE), ray_runner.stream_encode)
     rows = read_archive(archive)
     assert len(rows) == 24 == stats["rows"]
@@ -77,7 +77,7 @@ def test_encode_and_decode_jobs_over_s3(ray_two_cpus, s3_photos, bucket, small_i
         [want] = tiny_model.decompress([rows[key]["bitstream"]])
         # the actor runs torch with 1 thread, this process with 2: synthesis may differ in the last bit
         assert got.shape == want.shape and np.abs(got.astype(int) - want).max() <= 1
-    manifest = pq.read_table(f"{bucket}/decoded/_manifest.parquet", filesystem=s3)
+    manifest = pq.read_table(f"{bucket}/decoded/_manifest", filesystem=s3)
     assert manifest.num_rows == 24
 
     # credentials never reach the output or the log
@@ -88,7 +88,7 @@ def test_encode_and_decode_jobs_over_s3(ray_two_cpus, s3_photos, bucket, small_i
 
     # a rerun finds every shard done and writes nothing
     before = {p: s3.info(p)["ETag"] for p in s3.glob(f"{bucket}/archive/part-*.parquet")}
-    again = run_encode_job(EncodeJobConfig(input=s3_photos, output=archive, shard_size=5, max_pixels=MAX_PIXELS,
+    again = run_encode_job(EncodeJobConfig(input=s3_photos, output=archive, rows_per_part=5, max_pixels=MAX_PIXELS,
                                            compute=COMPUTE), ray_runner.stream_encode, log=quiet)
     assert again["run"]["shards_written"] == 0 and again["rows"] == 24
     fresh = fs()
@@ -121,7 +121,7 @@ def test_parquet_input_from_s3(ray_two_cpus, bucket, small_images, tiny_model):
     table = pa.table({"id": [k for k, _ in images], "jpg": [png_bytes(v) for _, v in images[:8]] + [b"garbage"]})
     pq.write_table(table, f"{bucket}/tables/batch.parquet", filesystem=fs(), row_group_size=4)
     archive = f"s3://{bucket}/tables-archive"
-    stats = run_encode_job(EncodeJobConfig(input=f"s3://{bucket}/tables", output=archive, shard_size=4,
+    stats = run_encode_job(EncodeJobConfig(input=f"s3://{bucket}/tables", output=archive, rows_per_part=4,
                                            compute=COMPUTE), ray_runner.stream_encode, log=quiet)
     assert stats["counts"] == {"ok": 8, "not_image": 1} and stats["run"]["shards_written"] == 3
     rows = read_archive(archive)
