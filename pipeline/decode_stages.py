@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.encode_stages import EMPTY_PIXELS, MARKER_ITEM, rows_to_batch
@@ -33,9 +32,6 @@ OUTPUT_FORMATS = ("png", "webp", "jpeg", "wds")
 SUFFIXES = {"png": ".png", "webp": ".webp", "jpeg": ".jpg", "wds": ".png"}
 
 
-ARCHIVE_READ_COLUMNS = ["key", "bitstream", "status", "error"]
-
-
 def read_archive_rows(batch: dict[str, np.ndarray], *, rows_per_batch: int = 64) -> Iterator[dict[str, np.ndarray]]:
     """CPU stage: ``{"task": [PartTask JSON, ...]}`` -> one row per selected record, plus a marker.
 
@@ -46,8 +42,7 @@ def read_archive_rows(batch: dict[str, np.ndarray], *, rows_per_batch: int = 64)
         task = PartTask.from_json(spec)
         p = task.payload
         where = parse_where(p["where"])[0] if p.get("where") else None
-        columns = None if where is not None else _columns(p["uri"])
-        table = read_part(p["uri"], keys=p.get("keys"), where=where, columns=columns)
+        table = read_part(p["uri"], keys=p.get("keys"), where=where)
         names = table.column_names
         statuses = table.column("status").to_pylist() if "status" in names else ["ok"] * table.num_rows
         errors = table.column("error").to_pylist() if "error" in names else [None] * table.num_rows
@@ -63,14 +58,6 @@ def read_archive_rows(batch: dict[str, np.ndarray], *, rows_per_batch: int = 64)
         rows.append({"key": "", "source_uri": p["uri"], "bitstream": b"", "encode_status": "marker",
                      "encode_error": "", "_shard": task.index, "_item": MARKER_ITEM, "_shard_rows": len(statuses)})
         yield rows_to_batch(rows)
-
-
-def _columns(uri: str) -> list[str]:
-    """The archive columns the decoder needs that this part has (foreign tables may lack status/error)."""
-    location = Location.of(uri)
-    with location.fs.open(location.root, "rb") as f:
-        names = pq.ParquetFile(f).schema_arrow.names
-    return [c for c in ARCHIVE_READ_COLUMNS if c in names]
 
 
 class DecodeRecords:

@@ -33,7 +33,7 @@ from pipeline.storage import Location
 ALLOWED_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "file")  # and absolute local paths
 INVALID_STATUS = "invalid_entry"
 BATCH_ROWS = 65_536
-SCHEME_PATTERN = r"^([A-Za-z][A-Za-z0-9+.-]*)://"
+SCHEME_PATTERN = r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://"
 # The manifest's rows as planning sorts them (pipeline.inputs.planner.LISTING_SCHEMA plus nothing else)
 ENTRY_SCHEMA = pa.schema([("key", pa.string()), ("explicit", pa.bool_()), ("rel", pa.string()), ("uri", pa.string()),
                           ("size", pa.int64()), ("status", pa.string()), ("error", pa.string())])
@@ -191,8 +191,8 @@ def normalise(raw: pa.Table, where: str) -> pa.Table:
     size = pc.fill_null(pc.cast(raw.column(lower["size"]), pa.int64()), -1) if "size" in lower else \
         pa.array([-1] * n, pa.int64())
     uri_text = pc.fill_null(uri, "")
-    scheme = pc.struct_field(pc.extract_regex(uri_text, r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://"), [0])
-    has_scheme = pc.is_valid(pc.extract_regex(uri_text, SCHEME_PATTERN + "(?P<rest>.*)"))
+    found = pc.extract_regex(uri_text, SCHEME_PATTERN)
+    scheme, has_scheme = pc.struct_field(found, [0]), pc.is_valid(found)
     allowed = pc.is_in(pc.utf8_lower(pc.fill_null(scheme, "")), value_set=pa.array(ALLOWED_SCHEMES))
     local = pc.and_(pc.invert(has_scheme), pc.starts_with(uri_text, "/"))
     empty = pc.equal(uri_text, "")

@@ -25,19 +25,25 @@ import pyarrow.parquet as pq
 SORT_KEYS = [("key", "ascending"), ("seq", "ascending")]
 RUN_ROWS = 500_000  # about 100 MB of listing rows in Arrow while a run is sorted
 MERGE_BUFFER_ROWS = 400_000  # rows held by the merge, shared out among the runs
+MIN_MERGE_BATCH = 1024
 
 
 class ExternalSorter:
     """``add`` batches with a string ``key`` and a unique int64 ``seq`` column, then ``sorted_batches``."""
 
-    def __init__(self, schema: pa.Schema, *, run_rows: int = RUN_ROWS, workdir: str | None = None):
-        self.schema, self.run_rows = schema, run_rows
+    def __init__(self, schema: pa.Schema, *, run_rows: int | None = None, workdir: str | None = None):
+        self.schema, self.run_rows = schema, run_rows or RUN_ROWS
         self._own_dir = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix="sprdiff-plan-", dir=os.environ.get("TMPDIR", "/tmp"))
         self._buffer: list[pa.RecordBatch] = []
         self._buffered = 0
         self._runs: list[str] = []
         self.rows = 0
+
+    @property
+    def runs(self) -> int:
+        """Sorted runs spilled so far."""
+        return len(self._runs)
 
     def add(self, batch: pa.RecordBatch | pa.Table) -> None:
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
@@ -74,7 +80,7 @@ class ExternalSorter:
             self.close()
 
     def _merge(self) -> Iterator[pa.Table]:
-        per_run = max(1024, MERGE_BUFFER_ROWS // len(self._runs))
+        per_run = max(MIN_MERGE_BATCH, MERGE_BUFFER_ROWS // len(self._runs))
         runs = [_Run(path, per_run) for path in self._runs]
         live = [r for r in runs if r.load()]
         while live:
