@@ -162,11 +162,14 @@ class MeteredPartWriter(PartWriter):
 
     def _count(self, summary: dict) -> None:
         for status, n in summary.get("counts", {}).items():
-            self._rows.inc(n, tags={"status": status})
+            if n > 0:
+                self._rows.inc(n, tags={"status": status})
         self._parts.inc(1)
         encode = self.job["job"] == "encode"
-        self._bytes_in.inc(summary.get("source_bytes" if encode else "record_bytes", 0) or 0)
-        self._bytes_out.inc(summary.get("record_bytes" if encode else "image_bytes", 0) or 0)
+        for counter, value in ((self._bytes_in, summary.get("source_bytes" if encode else "record_bytes")),
+                               (self._bytes_out, summary.get("record_bytes" if encode else "image_bytes"))):
+            if value:  # Ray's Counter.inc refuses 0
+                counter.inc(value)
         self._written += summary["rows"]
         self._rate.set(self._written / max(time.monotonic() - self._start, 1e-9))
 
