@@ -126,10 +126,16 @@ class PlanWriter:
     def write(self, batch: pa.RecordBatch) -> None:
         batch = pa.Table.from_batches([batch]).select(ITEM_SCHEMA.names).cast(ITEM_SCHEMA)
         start = 0
+        shards = batch.column("shard").to_numpy()
         while start < batch.num_rows:
-            if self._writer is None or self._in_file >= ITEMS_PER_FILE:
-                self._next_file()
-            take = min(batch.num_rows - start, ITEMS_PER_FILE - self._in_file)
+            current = self._current["shard"] if self._current is not None else None
+            if self._writer is None or (self._in_file >= ITEMS_PER_FILE and shards[start] != current):
+                self._next_file()  # a new items file only where a part starts: a part's items stay in one file
+            if self._in_file < ITEMS_PER_FILE:
+                take = min(batch.num_rows - start, ITEMS_PER_FILE - self._in_file)
+            else:  # the file is full: finish the part it is in
+                rest = np.flatnonzero(shards[start:] != current)
+                take = int(rest[0]) if len(rest) else batch.num_rows - start
             chunk = batch.slice(start, take)
             self._account(chunk)
             self._writer.write_table(chunk, row_group_size=ITEMS_ROW_GROUP)

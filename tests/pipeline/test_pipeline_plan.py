@@ -162,3 +162,17 @@ def test_retry_errors_heals_a_restored_source_in_place(corpus, tmp_path, small_i
     assert sidecar["counts"] == {"ok": 2} and sidecar["size"] == len(after["part-00001.parquet"])
     again = encode(EncodeJobConfig(**{**config.__dict__, "retry_errors": True}))
     assert again["run"]["shards_written"] == 0  # nothing left to heal
+
+
+def test_a_part_never_spans_two_plan_files(tmp_path, monkeypatch):
+    from pipeline.inputs import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "ITEMS_PER_FILE", 10)
+    (tmp_path / "in").mkdir()
+    for i in range(53):
+        (tmp_path / "in" / f"f{i:03d}.png").write_bytes(b"x")
+    plan = plan_of(str(tmp_path / "in"), tmp_path / "plan", rows_per_part=7)
+    shards = list(plan.shards())
+    assert plan.info.item_files == 4 and [(s.file, s.offset, s.items) for s in shards][:3] == [(0, 0, 7), (0, 7, 7),
+                                                                                               (1, 0, 7)]
+    assert [i.key for items in plan_items(plan) for i in items] == [f"f{i:03d}" for i in range(53)]

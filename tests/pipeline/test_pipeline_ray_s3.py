@@ -132,3 +132,28 @@ def test_parquet_input_from_s3(ray_two_cpus, bucket, small_images, tiny_model):
 def test_an_actor_pool_that_would_starve_the_readers_is_refused(ray_two_cpus):
     with pytest.raises(ValueError, match="would hang"):
         ray_runner.check_resources(ComputeConfig(actors=2, cpus_per_actor=1))
+
+
+def test_encode_and_decode_datasets_inside_a_users_own_pipeline(ray_two_cpus, small_images, tiny_model):
+    """``pipeline.encode_dataset`` / ``decode_dataset`` on a user's Ray Dataset (docs/operations.md's example)."""
+    import io
+
+    import ray
+
+    import pipeline
+
+    images = dict(list(small_images.items())[:3])
+    ds = ray.data.from_items([{"key": k, "image": png_bytes(v)} for k, v in images.items()] +
+                             [{"key": "broken", "image": b"not an image"}])
+    rows = {r["key"]: r for r in pipeline.encode_dataset(ds, model="tiny", compute=COMPUTE).take_all()}
+    assert {k: r["status"] for k, r in rows.items()} == {**{k: "ok" for k in images}, "broken": "not_image"}
+    for key, pixels in images.items():
+        assert rows[key]["bitstream"] == tiny_model.compress([pixels])[0]
+        assert rows[key]["bpp"] == pytest.approx(8 * len(rows[key]["bitstream"]) / pixels.shape[0] / pixels.shape[1])
+    records = ray.data.from_items([{"key": k, "bitstream": r["bitstream"]} for k, r in rows.items() if k != "broken"])
+    decoded = {r["key"]: r for r in pipeline.decode_dataset(records, model="tiny", compute=COMPUTE).take_all()}
+    for key in images:
+        [want] = tiny_model.decompress([rows[key]["bitstream"]])
+        got = np.asarray(Image.open(io.BytesIO(decoded[key]["png"])))
+        assert decoded[key]["status"] == "ok" and got.shape == want.shape
+        assert np.abs(got.astype(int) - want).max() <= 1  # 1 torch thread in the actor, 2 here
