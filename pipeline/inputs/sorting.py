@@ -6,13 +6,12 @@ by side where one pass can find them. A listing of 10^8 objects does not fit in 
 are buffered up to ``run_rows``, sorted by Arrow and written as a run; the merge reads every run
 one batch at a time. pyarrow has no streaming merge of sorted files and DuckDB/Polars are not
 dependencies of the jobs, hence this small merge: each step emits every buffered row up to the
-smallest "last row" among the runs' current batches (no row after it can be smaller), sorted by
-Arrow, so the Python work is a few bisections per batch rather than a comparison per row.
+smallest "last row" among the runs' current batches (no row after it can be smaller), counted
+and sorted by Arrow, so no key becomes a Python object.
 """
 
 from __future__ import annotations
 
-import bisect
 import os
 import shutil
 import tempfile
@@ -20,11 +19,13 @@ import uuid
 from collections.abc import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 SORT_KEYS = [("key", "ascending"), ("seq", "ascending")]
-RUN_ROWS = 500_000  # about 100 MB of listing rows in Arrow while a run is sorted
-MERGE_BUFFER_ROWS = 400_000  # rows held by the merge, shared out among the runs
+RUN_ROWS = 300_000  # about 50 MB of listing rows in Arrow while a run is sorted
+RUN_ROW_GROUP = 4096  # a run is read back one row group at a time: this bounds each run's share of the merge
+MERGE_BUFFER_ROWS = 200_000  # rows held by the merge, shared out among the runs
 MIN_MERGE_BATCH = 1024
 
 
@@ -62,8 +63,9 @@ class ExternalSorter:
 
     def _spill(self) -> None:
         path = os.path.join(self.workdir, f"run-{len(self._runs):05d}-{uuid.uuid4().hex[:6]}.parquet")
-        pq.write_table(self._sorted_buffer(), path, compression="lz4", row_group_size=65_536)
+        pq.write_table(self._sorted_buffer(), path, compression="lz4", row_group_size=RUN_ROW_GROUP)
         self._runs.append(path)
+        pa.default_memory_pool().release_unused()  # hand the sort's buffers back before the next run fills
 
     def sorted_batches(self, batch_rows: int = 65_536) -> Iterator[pa.Table]:
         """Every row added, in ``(key, seq)`` order, as tables of at most ``batch_rows`` rows."""
@@ -96,39 +98,35 @@ class ExternalSorter:
 
 
 class _Run:
+    """One sorted run, read a batch at a time; the rows not yet merged are ``table``."""
+
     def __init__(self, path: str, batch_rows: int):
-        self._batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
-        self.table: pa.Table | None = None
-        self.keys: list[str] = []
-        self.seqs: list[int] = []
-        self.cursor = 0
+        self._batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows, use_threads=False)
+        self.table: pa.Table = pa.table({})
 
     def load(self) -> bool:
         batch = next(self._batches, None)
         if batch is None:
             return False
         self.table = pa.Table.from_batches([batch])
-        self.keys = batch.column("key").to_pylist()
-        self.seqs = batch.column("seq").to_pylist()
-        self.cursor = 0
         return True
 
     @property
     def remaining(self) -> int:
-        return len(self.keys) - self.cursor
+        return self.table.num_rows
 
     @property
     def last(self) -> tuple[str, int]:
-        return self.keys[-1], self.seqs[-1]
+        return self.table.column("key")[-1].as_py(), self.table.column("seq")[-1].as_py()
 
     def take_through(self, bound: tuple[str, int]) -> pa.Table:
-        """The rows from the cursor up to and including ``bound`` in (key, seq) order."""
+        """The leading rows up to and including ``bound`` in (key, seq) order (counted by Arrow: the
+        rows at or below a bound of a sorted batch are a prefix of it)."""
         key, seq = bound
-        end = bisect.bisect_right(self.keys, key, lo=self.cursor)
-        while end > self.cursor and self.keys[end - 1] == key and self.seqs[end - 1] > seq:
-            end -= 1  # equal keys: order by seq
-        piece = self.table.slice(self.cursor, end - self.cursor)
-        self.cursor = end
+        keys, seqs = self.table.column("key"), self.table.column("seq")
+        below = pc.or_(pc.less(keys, key), pc.and_(pc.equal(keys, key), pc.less_equal(seqs, seq)))
+        n = pc.sum(below).as_py() or 0
+        piece, self.table = self.table.slice(0, n), self.table.slice(n)
         return piece
 
 
