@@ -157,3 +157,22 @@ def test_encode_and_decode_datasets_inside_a_users_own_pipeline(ray_two_cpus, sm
         got = np.asarray(Image.open(io.BytesIO(decoded[key]["png"])))
         assert decoded[key]["status"] == "ok" and got.shape == want.shape
         assert np.abs(got.astype(int) - want).max() <= 1  # 1 torch thread in the actor, 2 here
+
+
+def test_sub_prefixes_listed_in_parallel_ray_tasks_give_the_same_plan(ray_two_cpus, bucket, tmp_path):
+    from functools import partial
+
+    from pipeline.inputs import PlanRequest, build_plan
+    from pipeline.storage import Location
+
+    s3 = fs()
+    names = [f"{folder}/{i:03d}.png" for folder in ("a", "b", "c/d") for i in range(7)] + ["top.png"]
+    for name in names:
+        s3.pipe_file(f"{bucket}/nested/{name}", b"x")
+    request = PlanRequest(input=f"s3://{bucket}/nested", rows_per_part=5)
+    in_driver = build_plan(request, Location.of(str(tmp_path / "p1")))
+    in_tasks = build_plan(request, Location.of(str(tmp_path / "p2")),
+                          lister=partial(ray_runner.list_in_tasks, tasks=2))
+    keys = [i.key for s in in_tasks.shards() for i in in_tasks.items(s)]
+    assert keys == sorted(n.removesuffix(".png") for n in names)
+    assert in_tasks.info.digest == in_driver.info.digest
