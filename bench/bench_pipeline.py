@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=1, help="codec actors of the job (default: 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the loop and of each actor")
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--shard-size", type=int, default=8)
+    parser.add_argument("--shard-size", type=int, default=8, help="rows per archive part (default: 8)")
     parser.add_argument("--work-dir", default=None, help="default: a temporary directory")
     args = parser.parse_args()
 
@@ -127,7 +127,7 @@ def main() -> None:
         ray_start = time.perf_counter() - t0
         t0 = time.perf_counter()
         enc = run_encode_job(EncodeJobConfig(input=str(work / "photos"), output=str(work / "archive"),
-                                             model=args.model, shard_size=args.shard_size, compute=compute),
+                                             model=args.model, rows_per_part=args.shard_size, compute=compute),
                              ray_runner.stream_encode, log=lambda _: None)
         job_enc_s = time.perf_counter() - t0
         loop_dec_s, dec_codec, n_dec = loop_decode(work / "archive", args.model, work / "loop-decoded")
@@ -141,7 +141,7 @@ def main() -> None:
     assert loop_records == job_records, "the job's bitstreams differ from the loop's"
 
     job_enc_codec = float(np.mean(pq.read_table(work / "archive", columns=["encode_s"]).column("encode_s")))
-    job_dec_codec = float(np.mean(pq.read_table(work / "decoded" / "_manifest.parquet").column("decode_s")))
+    job_dec_codec = float(np.mean(pq.read_table(work / "decoded" / "_manifest").column("decode_s")))
     n = args.images
     print(f"ray start (once per command; not in the job times): {ray_start:.1f} s")
     print("codec s/img: mean seconds per image inside compress/decompress (loop process | job actor)")

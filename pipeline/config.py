@@ -6,14 +6,17 @@ from dataclasses import dataclass, field
 
 from pipeline.decode_stages import OUTPUT_FORMATS
 from pipeline.inputs import INPUT_FORMATS
+from pipeline.where import parse_where
 from sprdiff.images import DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
 class ComputeConfig:
-    """Where the codec runs: an actor pool of ``actors`` actors, each with one model loaded."""
+    """Where the codec runs: an actor pool of ``actors`` actors (growing up to ``max_actors`` on a cluster
+    that can add them), each with one model loaded."""
 
     actors: int = 1
+    max_actors: int | None = None  # None: a fixed pool of ``actors``
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
     threads_per_actor: int | None = None  # torch intra-op threads; None: one per CPU of the actor (Ray's
@@ -28,6 +31,8 @@ class ComputeConfig:
     def __post_init__(self) -> None:
         if self.actors < 1:
             raise ValueError(f"actors must be >= 1, got {self.actors}")
+        if self.max_actors is not None and self.max_actors < self.actors:
+            raise ValueError(f"the most actors ({self.max_actors}) must be >= the fewest ({self.actors})")
         if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0 or self.io_cpus <= 0:
             raise ValueError("gpus per actor must be >= 0, cpus per actor and io cpus > 0")
         if self.io_tasks is not None and self.io_tasks < 1:
@@ -40,33 +45,46 @@ class ComputeConfig:
         return self.device or ("cuda" if self.gpus_per_actor > 0 else "cpu")
 
     @property
+    def pool(self) -> tuple[int, int]:
+        """(fewest, most) codec actors."""
+        return self.actors, self.max_actors or self.actors
+
+    @property
     def max_io_tasks(self) -> int:
-        return self.io_tasks or self.actors
+        return self.io_tasks or self.pool[1]
 
     @property
     def actor_threads(self) -> int:
         return self.threads_per_actor or max(1, int(self.cpus_per_actor))
 
 
+DEFAULT_ROWS_PER_PART = 16_384  # about 25 MB of 512x512 records: a lake-sized file, 6,100 of them per 10^8 images
+
+
 @dataclass(frozen=True)
 class EncodeJobConfig:
-    input: str
+    input: str | None
     output: str
     model: str = "tiny"
+    input_list: str | None = None  # a manifest of objects instead of a prefix (pipeline.inputs.manifest)
     input_format: str = "auto"
-    shard_size: int = 64
+    rows_per_part: int = DEFAULT_ROWS_PER_PART
     limit: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     image_column: str | None = None
     key_column: str | None = None
     colour_correction: bool = True  # send each image's colour map and offset grid; about 2x the encode time
+    retry_errors: bool = False  # re-read the archive's read_error rows and rewrite the parts holding them
+    model_store: str | None = None  # where the models that wrote records are stored (default OUTPUT/_models)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def __post_init__(self) -> None:
+        if (self.input is None) == (self.input_list is None):
+            raise ValueError("give exactly one of an input prefix and an input list")
         if self.input_format not in INPUT_FORMATS:
             raise ValueError(f"input format must be one of {INPUT_FORMATS}, got {self.input_format!r}")
-        if self.shard_size < 1:
-            raise ValueError(f"shard size must be >= 1, got {self.shard_size}")
+        if self.rows_per_part < 1:
+            raise ValueError(f"rows per part must be >= 1, got {self.rows_per_part}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.max_pixels < 1:
@@ -89,3 +107,5 @@ class DecodeJobConfig:
             raise ValueError(f"output format must be one of {OUTPUT_FORMATS}, got {self.image_format!r}")
         if not 1 <= self.quality <= 100:
             raise ValueError(f"quality must be in 1..100, got {self.quality}")
+        if self.where:
+            parse_where(self.where)  # a bad expression fails here, with its position

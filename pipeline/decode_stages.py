@@ -1,32 +1,30 @@
 """The decode job's stages as plain callables (no Ray here; ``pipeline.ray_runner`` places them).
 
-1. :func:`read_archive_rows` (CPU task): one archive file in, the selected rows' records out,
-   ending with a marker row that carries the shard's row count.
+1. :func:`read_archive_rows` (CPU task): one archive part in, the selected rows' records out
+   (only the row groups that may hold them are read), ending with a marker row that carries the
+   part's row count.
 2. :class:`DecodeRecords` (actor; one model load per actor): records in, pixels out.
 3. :func:`write_images` (CPU task): pixels in, PNG/WebP/JPEG files written under the output
    prefix (names from :func:`pipeline.keys.safe_relative_path`); for WebDataset output the
-   encoded bytes travel on to the driver, which writes one tar per shard.
+   encoded bytes travel on to the part writer, which writes one tar per part.
+4. :class:`pipeline.part_writer.PartWriter` (one actor): the manifest parts, summaries out.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.encode_stages import EMPTY_PIXELS, MARKER_ITEM, rows_to_batch
-from pipeline.inputs import list_files, shard_name
 from pipeline.keys import safe_relative_path
+from pipeline.lookup import read_part
+from pipeline.parts import PartTask
 from pipeline.storage import Location
+from pipeline.where import parse_where
 from sprdiff import SPRDiffError
 from sprdiff.images import encode_png
 
@@ -34,79 +32,31 @@ OUTPUT_FORMATS = ("png", "webp", "jpeg", "wds")
 SUFFIXES = {"png": ".png", "webp": ".webp", "jpeg": ".jpg", "wds": ".png"}
 
 
-@dataclass(frozen=True)
-class ArchiveShard:
-    index: int
-    uri: str
+def read_archive_rows(batch: dict[str, np.ndarray], *, rows_per_batch: int = 64) -> Iterator[dict[str, np.ndarray]]:
+    """CPU stage: ``{"task": [PartTask JSON, ...]}`` -> one row per selected record, plus a marker.
 
-    @property
-    def name(self) -> str:
-        return shard_name(self.index)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> ArchiveShard:
-        return cls(**json.loads(text))
-
-
-def plan_archive(uri: str) -> tuple[list[ArchiveShard], str]:
-    """Every visible ``*.parquet`` under ``uri`` (names starting with ``_`` or ``.`` are skipped), sorted."""
-    location = Location.of(uri)
-    files = [f for f in list_files(location)
-             if f[1].endswith(".parquet") and not any(p.startswith("_") for p in f[1].split("/"))]
-    if not files:
-        raise FileNotFoundError(f"no Parquet files under {location.uri()}")
-    shards = [ArchiveShard(i, location.uri(path)) for i, (path, _, _) in enumerate(files)]
-    digest = hashlib.sha256("\n".join(f"{rel}\t{size}" for _, rel, size in files).encode()).hexdigest()
-    return shards, digest
-
-
-def check_where(where: str, schema: pa.Schema) -> None:
-    """Fail early, with pandas' message, if ``where`` does not evaluate on the archive's columns."""
-    columns = [n for n in schema.names if n != "bitstream"]
-    empty = schema.empty_table().select(columns).to_pandas()
-    try:
-        empty.query(where)
-    except Exception as e:  # noqa: BLE001 - pandas raises many types for a bad expression
-        raise ValueError(f"--where {where!r} does not evaluate on the archive's columns {columns}: {e}") from None
-
-
-def select_rows(table: pa.Table, *, keys: frozenset[str] | None, where: str | None) -> pa.Table:
-    """The rows whose key is in ``keys`` and that satisfy the pandas ``where`` expression."""
-    if keys is not None:
-        table = table.filter(pc.is_in(table.column("key"), value_set=pa.array(sorted(keys), pa.string())))
-    if where and table.num_rows:
-        frame = table.drop_columns(["bitstream"]).to_pandas()
-        positions = np.flatnonzero(frame.index.isin(frame.query(where).index))
-        table = table.take(pa.array(positions, pa.int64()))
-    return table
-
-
-def read_archive_rows(batch: dict[str, np.ndarray], *, keys: frozenset[str] | None = None, where: str | None = None,
-                      rows_per_batch: int = 64) -> Iterator[dict[str, np.ndarray]]:
-    """CPU stage: ``{"shard": [ArchiveShard JSON, ...]}`` -> one row per selected record, plus a marker."""
-    for spec in batch["shard"]:
-        shard = ArchiveShard.from_json(spec)
-        location = Location.of(shard.uri)
-        with location.fs.open(location.root, "rb") as f:
-            table = pq.read_table(f)
-        table = select_rows(table, keys=keys, where=where)
+    A task names one archive part, the keys wanted from it (or none: every row) and a ``--where``
+    expression; only the row groups that may hold them are read (:func:`pipeline.lookup.read_part`).
+    """
+    for spec in batch["task"]:
+        task = PartTask.from_json(spec)
+        p = task.payload
+        where = parse_where(p["where"])[0] if p.get("where") else None
+        table = read_part(p["uri"], keys=p.get("keys"), where=where)
         names = table.column_names
         statuses = table.column("status").to_pylist() if "status" in names else ["ok"] * table.num_rows
         errors = table.column("error").to_pylist() if "error" in names else [None] * table.num_rows
         rows = []
         for i, (key, record, status, error) in enumerate(zip(table.column("key").to_pylist(),
                                                            table.column("bitstream").to_pylist(), statuses, errors)):
-            rows.append({"key": key, "source_uri": shard.uri, "bitstream": record or b"",
+            rows.append({"key": key, "source_uri": p["uri"], "bitstream": record or b"",
                          "encode_status": status or "", "encode_error": error or "",
-                         "_shard": shard.index, "_item": i, "_shard_rows": 0})
+                         "_shard": task.index, "_item": i, "_shard_rows": 0})
             if len(rows) == rows_per_batch:
                 yield rows_to_batch(rows)
                 rows = []
-        rows.append({"key": "", "source_uri": shard.uri, "bitstream": b"", "encode_status": "marker",
-                     "encode_error": "", "_shard": shard.index, "_item": MARKER_ITEM, "_shard_rows": len(statuses)})
+        rows.append({"key": "", "source_uri": p["uri"], "bitstream": b"", "encode_status": "marker",
+                     "encode_error": "", "_shard": task.index, "_item": MARKER_ITEM, "_shard_rows": len(statuses)})
         yield rows_to_batch(rows)
 
 

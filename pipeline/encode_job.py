@@ -1,108 +1,158 @@
-"""The encode job's driver logic: plan, skip finished shards, write complete shards, summarise.
+"""The encode job's driver logic: plan once, check the job file, write the missing parts, summarise.
 
-Where the stages run is not decided here: ``stream`` takes the pending shards and yields result
-batches (``pipeline.ray_runner.stream_encode`` on Ray, ``pipeline.local_runner.stream_encode``
-in this process). Each shard's rows are written as one Parquet file once all of them have
-arrived, under a name fixed by the shard's index, so a rerun after a kill writes exactly the
-missing shards.
+Where the stages run is not decided here: ``stream`` takes a window of part tasks and the job's
+shared settings and yields one summary per part written (``pipeline.ray_runner.stream_encode`` on
+Ray, ``pipeline.local_runner.stream_encode`` in this process). The first run lists (or reads) the
+input and stores the plan under ``_plan/``; every later run reads that plan and lists nothing.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
-import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipeline.archive import (
-    archive_table,
+    JOB_FILE,
     check_job_file,
-    existing_parts,
-    part_metadata,
-    read_columns,
-    write_parquet,
+    new_job_id,
+    summarise_archive_part,
     write_stats,
 )
-from pipeline.collect import ShardCollector
 from pipeline.config import EncodeJobConfig
-from pipeline.inputs import WorkShard, plan_inputs
-from pipeline.schema import ARCHIVE_COLUMNS, ARCHIVE_VERSION
-from pipeline.stats import RunInfo, encode_stats, format_summary, shard_progress
+from pipeline.inputs import PlanRequest, StoredPlan, build_plan
+from pipeline.inputs import manifest as input_lists
+from pipeline.inputs.plan import PLAN_DIR
+from pipeline.inputs.planner import Lister
+from pipeline.parts import IndexWriter, PartOutput, PartTask, Totals, run_parts
+from pipeline.schema import ARCHIVE_VERSION
+from pipeline.stats import RunInfo, encode_stats, format_summary
 from pipeline.storage import Location, redact_uri
 from sprdiff import FORMAT_VERSION
 
-EncodeStream = Callable[[list[WorkShard], EncodeJobConfig], Iterable[pa.Table]]
-STATS_COLUMNS = ["status", "width", "height", "num_bytes", "bpp", "source_bytes"]
+EncodeStream = Callable[[list[PartTask], EncodeJobConfig, dict], Iterable[dict]]
+RETRYABLE = "read_error"  # a failure that may be transient: the source vanished or could not be read
+
+
+def plan_request(config: EncodeJobConfig) -> PlanRequest:
+    return PlanRequest(input=config.input, input_list=config.input_list, input_format=config.input_format,
+                       rows_per_part=config.rows_per_part, limit=config.limit, image_column=config.image_column,
+                       key_column=config.key_column)
+
+
+def job_settings(config: EncodeJobConfig) -> dict:
+    """Everything that decides which rows and which bytes the archive holds: a rerun must match it."""
+    return {
+        "job": "encode", "archive_version": ARCHIVE_VERSION,
+        "input": redact_uri(Location.of(config.input).uri()) if config.input else None,
+        "input_list": input_lists.identity(config.input_list) if config.input_list else None,
+        "input_format": config.input_format, "rows_per_part": config.rows_per_part, "limit": config.limit,
+        "image_column": config.image_column, "key_column": config.key_column, "max_pixels": config.max_pixels,
+        "model": redact_uri(config.model),
+        # settings that change the records' bytes (issue 28): the colour map and offset grid are both
+        # behind colour_correction; batch settings and the writer's record version go in too
+        "colour_correction": config.colour_correction, "batch_size": config.compute.batch_size,
+        "record_format": FORMAT_VERSION,
+    }
+
+
+def open_plan(config: EncodeJobConfig, *, lister: Lister | None = None,
+              log: Callable[[str], None] = print) -> tuple[StoredPlan, dict]:
+    """The archive's plan and job file: read back on a rerun (after checking its settings), written
+    once on the first run. Nothing is listed when a plan is stored."""
+    out = Location.of(config.output)
+    plan_dir = Location(out.fs, out.path(PLAN_DIR))
+    settings = job_settings(config)
+    out.refresh()
+    job_path = out.path(JOB_FILE)
+    started = out.exists(job_path)
+    if started:
+        check_job_file(out, settings)  # refuses other settings before anything else happens
+    plan = StoredPlan.open(plan_dir)
+    request = plan_request(config)
+    if plan is not None and not started and {k: v for k, v in plan.info.settings.items() if k != "kind"} != \
+            request.settings():
+        plan = None  # a plan from another command that never started an archive: plan again
+    if plan is None:
+        t0 = time.monotonic()
+        plan = build_plan(request, plan_dir, lister=lister)
+        log(f"encode-job: planned {plan.info.items} items in {plan.info.shards} parts in "
+            f"{time.monotonic() - t0:.1f} s (digest {plan.info.digest[:12]})")
+    job = {**settings, "job_id": new_job_id(), "plan_digest": plan.info.digest, "kind": plan.kind,
+           "parts": plan.info.shards, "items": plan.info.items,
+           "model_store": config.model_store or out.uri(out.path("_models"))}
+    job = check_job_file(out, job)
+    if job["plan_digest"] != plan.info.digest:
+        raise ValueError(f"{out.uri()}: the stored plan (digest {plan.info.digest[:12]}) is not the one this archive "
+                         f"was started with ({job['plan_digest'][:12]}): write to a new --output")
+    return plan, job
+
+
+def plan_tasks(plan: StoredPlan) -> Iterator[PartTask]:
+    uri = plan.location.uri()
+    for shard in plan.shards():
+        yield PartTask(shard.index, shard.expected_rows, {"plan": uri, "kind": plan.kind, "file": shard.file,
+                                                         "offset": shard.offset, "items": shard.items})
+
+
+def _summarise_file(output: PartOutput, task: PartTask, data: bytes) -> dict:
+    table = pq.read_table(io.BytesIO(data))
+    summary = summarise_archive_part(task.name, task.index, output.job_id, data, table)
+    summary["bpp_sum"] = float(pc.sum(table.column("bpp")).as_py() or 0.0)
+    return summary
+
+
+def _healing_task(output: PartOutput, kind: str) -> Callable[[PartTask, dict], PartTask | None]:
+    """``--retry-errors``: a finished part holding ``read_error`` rows becomes a task that reads exactly
+    those rows again (for tar and table inputs, whose errors concern the whole file, the part's file)."""
+    def redo(task: PartTask, summary: dict) -> PartTask | None:
+        if not summary.get("counts", {}).get(RETRYABLE):
+            return None
+        with output.location.fs.open(output.part_path(task.name), "rb") as f:
+            keys = pq.read_table(f, columns=["key"], filters=[("status", "=", RETRYABLE)]).column("key").to_pylist()
+        return PartTask(task.index, -1 if kind != "images" else len(keys),
+                        {**task.payload, "only_keys": keys})
+    return redo
 
 
 def run_encode_job(config: EncodeJobConfig, stream: EncodeStream, *, log: Callable[[str], None] = print,
-                   started_at: float | None = None) -> dict:
+                   started_at: float | None = None, lister: Lister | None = None) -> dict:
     """Encode every input not yet in the archive; return (and write to ``_stats.json``) the summary."""
     started_at = time.monotonic() if started_at is None else started_at
-    plan = plan_inputs(config.input, input_format=config.input_format, shard_size=config.shard_size,
-                       limit=config.limit, image_column=config.image_column, key_column=config.key_column)
+    plan, job = open_plan(config, lister=lister, log=log)
     out = Location.of(config.output)
-    input_uri, output_uri = redact_uri(Location.of(config.input).uri()), redact_uri(out.uri())
-    check_job_file(out, {"job": "encode", "archive_version": ARCHIVE_VERSION, "input": input_uri,
-                         "input_format": plan.kind, "input_digest": plan.digest, "shards": len(plan.shards),
-                         "model": redact_uri(config.model), "max_pixels": config.max_pixels})
-    names = {s.name for s in plan.shards}
-    done = existing_parts(out) & names
-    pending = [s for s in plan.shards if s.name not in done]
-    log(f"encode-job: {input_uri} ({plan.kind}, {plan.num_files} files) -> {output_uri}: {len(plan.shards)} shards, "
-        f"{len(done)} already done, {len(pending)} to do")
-    expected_fingerprint = _archive_fingerprint(out, done)
-    by_index = {s.index: s for s in pending}
-    collector = ShardCollector()
-    written, rows_run = 0, 0
+    output = PartOutput(out, job["job_id"], job["plan_digest"])
+    shared = {"job": "encode", "output": out.uri(), "job_id": job["job_id"], "plan_digest": job["plan_digest"],
+              "model_source": redact_uri(config.model), "input": job["input"] or "", "kind": plan.kind,
+              "fingerprint": None}
+    index = IndexWriter()
+
+    def on_done(summary: dict) -> None:
+        index.add(summary)
+        for fingerprint in summary.get("fingerprints", ()):
+            shared["fingerprint"] = shared["fingerprint"] or fingerprint
+
+    source = job["input"] or (job["input_list"] or {}).get("uri", "")
     pipeline_start = time.monotonic()
-    for batch in (stream(pending, config) if pending else ()):
-        for index, rows in collector.add(batch):
-            table = archive_table(rows)
-            fingerprint = _one_fingerprint(table, expected_fingerprint)
-            expected_fingerprint = expected_fingerprint or fingerprint
-            shard = by_index[index]
-            metadata = {"model_id": _first(table, "model_id"), "model_fingerprint": fingerprint or "",
-                        "model_source": redact_uri(config.model), "format_version": str(FORMAT_VERSION),
-                        "job": json.dumps({"input": input_uri, "input_format": plan.kind, "shard": shard.name})}
-            write_parquet(out, f"{shard.name}.parquet", table, ARCHIVE_COLUMNS, metadata)
-            written += 1
-            rows_run += table.num_rows
-            log(shard_progress("encode-job", f"{shard.name}.parquet", table, written, len(pending), rows_run,
-                               time.monotonic() - pipeline_start))
-    if written != len(pending):
-        raise RuntimeError(f"the pipeline ended with {len(pending) - written} of {len(pending)} shards incomplete "
-                           f"({collector.pending} partly received): rerun the same command to finish them")
-    pipeline_s = time.monotonic() - pipeline_start
-    table = read_columns(out, [f"{n}.parquet" for n in sorted(names)], STATS_COLUMNS)
-    run = RunInfo("encode", input_uri, output_uri, len(plan.shards), len(done), written, rows_run,
-                  time.monotonic() - started_at, pipeline_s)
-    stats = encode_stats(table, run)
+    totals = run_parts("encode-job", output, lambda: plan_tasks(plan), plan.info.shards,
+                       lambda window: stream(window, config, shared), _summarise_file, log=log,
+                       describe=f"{source} ({plan.kind}, {plan.info.items} items) -> {redact_uri(out.uri())}",
+                       redo=_healing_task(output, plan.kind) if config.retry_errors else None, on_done=on_done)
+    if len(totals.fingerprints) > 1:
+        raise ValueError(f"{out.uri()} holds records of several models ({sorted(totals.fingerprints)})")
+    index.write(out)
+    return _finish(config, totals, source, out, started_at, pipeline_start, log)
+
+
+def _finish(config: EncodeJobConfig, totals: Totals, source: str, out: Location, started_at: float,
+            pipeline_start: float, log: Callable[[str], None]) -> dict:
+    run = RunInfo("encode", source, redact_uri(out.uri()), totals.parts, totals.parts_before,
+                  totals.parts - totals.parts_before, totals.rows_run, time.monotonic() - started_at,
+                  time.monotonic() - pipeline_start)
+    stats = encode_stats(totals, run)
     write_stats(out, stats)
     log(format_summary(stats))
     return stats
-
-
-def _archive_fingerprint(out: Location, done: set[str]) -> str | None:
-    """The model fingerprint recorded by the parts already written (empty parts record none)."""
-    for name in sorted(done):
-        fingerprint = part_metadata(out, f"{name}.parquet").get("sprdiff.model_fingerprint")
-        if fingerprint:
-            return fingerprint
-    return None
-
-
-def _first(table: pa.Table, name: str) -> str:
-    return table.column(name)[0].as_py() if table.num_rows else ""
-
-
-def _one_fingerprint(table: pa.Table, expected: str | None) -> str | None:
-    """The shard's model fingerprint; refuses an archive mixing two models."""
-    found = set(table.column("model_fingerprint").to_pylist())
-    if expected is not None:
-        found.add(expected)
-    if len(found) > 1:
-        raise ValueError(f"this run's model does not match the archive's (fingerprints {sorted(found)}); "
-                         f"rerun with the model the archive was started with, or write to a new --output")
-    return next(iter(found), None)

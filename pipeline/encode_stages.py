@@ -1,10 +1,11 @@
 """The encode job's stages as plain callables (no Ray here; ``pipeline.ray_runner`` places them).
 
-1. :func:`read_and_decode` (CPU task): one work shard in, batches of image rows out — bytes read,
-   hashed, decoded and validated into pixels, or a status row saying why not. Its last batch ends
-   with a *marker row* (``_item == -1``) carrying the shard's row count, so whoever collects the
-   rows knows when a shard is complete.
+1. :func:`read_and_decode` (CPU task): one part task in (its items are read from the stored
+   plan), batches of image rows out — bytes read, hashed, decoded and validated into pixels, or a
+   status row saying why not. Its last batch ends with a *marker row* (``_item == -1``) carrying
+   the part's row count, so the part writer knows when a part is complete.
 2. :class:`EncodeImages` (actor; one model load per actor): pixels in, SPRDiff records out.
+3. :class:`pipeline.part_writer.PartWriter` (one actor): complete parts written, summaries out.
 
 Batches are dicts of numpy arrays (Ray Data's ``numpy`` batch format). Columns starting with
 ``_`` are bookkeeping and never reach the archive. Missing values travel as ``""``, ``b""`` or
@@ -19,7 +20,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from pipeline.inputs import SourceItem, WorkShard, max_file_bytes, read_shard
+from pipeline.inputs import SourceItem, max_file_bytes, read_items
+from pipeline.inputs.plan import PlanItem, read_items_of
+from pipeline.parts import PartTask
+from pipeline.storage import Location
 from sprdiff import FORMAT_VERSION, SPRDiffError, load_image
 from sprdiff.bitstream import read_header
 from sprdiff.errors import ImageError
@@ -48,7 +52,7 @@ def decode_item(item: SourceItem, *, max_pixels: int) -> dict:
     return row
 
 
-def _marker(shard: WorkShard, count: int) -> dict:
+def _marker(shard: PartTask, count: int) -> dict:
     return {"key": "", "source_uri": "", "status": "marker", "error": "", "width": -1, "height": -1,
             "pixels": EMPTY_PIXELS, "source_sha256": "", "source_bytes": -1, "read_s": 0.0, "decode_s": 0.0,
             "_shard": shard.index, "_item": MARKER_ITEM, "_shard_rows": count}
@@ -68,14 +72,25 @@ def rows_to_batch(rows: list[dict]) -> dict[str, np.ndarray]:
     return batch
 
 
+def task_items(task: PartTask) -> list[PlanItem]:
+    """The plan items of an encode task (only those named in ``only_keys`` for a healing task)."""
+    p = task.payload
+    items = read_items_of(Location.of(p["plan"]), p["file"], p["offset"], p["items"])
+    if p.get("only_keys") is not None and p["kind"] == "images":
+        wanted = set(p["only_keys"])
+        items = [i for i in items if i.key in wanted]
+    return items
+
+
 def read_and_decode(batch: dict[str, np.ndarray], *, max_pixels: int,
                     rows_per_batch: int = 16) -> Iterator[dict[str, np.ndarray]]:
-    """CPU stage: ``{"shard": [WorkShard JSON, ...]}`` -> image rows, ``rows_per_batch`` at a time."""
-    for spec in batch["shard"]:
-        shard = WorkShard.from_json(spec)
+    """CPU stage: ``{"task": [PartTask JSON, ...]}`` -> image rows, ``rows_per_batch`` at a time."""
+    for spec in batch["task"]:
+        shard = PartTask.from_json(spec)
         rows: list[dict] = []
         count = 0
-        for item in read_shard(shard, max_bytes=max_file_bytes(max_pixels)):
+        items = task_items(shard)
+        for item in read_items(shard.payload["kind"], items, max_bytes=max_file_bytes(max_pixels)):
             rows.append({**decode_item(item, max_pixels=max_pixels), "_shard": shard.index, "_item": count,
                          "_shard_rows": 0})
             count += 1

@@ -1,29 +1,41 @@
 """Where the jobs run on Ray: the one module of the pipeline that imports Ray.
 
-Encode:  shards ─► read_and_decode (CPU tasks) ─► EncodeImages (actor pool, one model per actor) ─► driver
-Decode:  archive files ─► read_archive_rows (CPU tasks) ─► DecodeRecords (actor pool) ─► write_images (CPU tasks)
-         ─► driver
+Encode:  part tasks ─► read_and_decode (CPU tasks) ─► EncodeImages (autoscaling actor pool) ─► PartWriter ─► driver
+Decode:  part tasks ─► read_archive_rows (CPU tasks) ─► DecodeRecords (actor pool) ─► write_images (CPU tasks)
+         ─► PartWriter ─► driver
 
-The driver (``pipeline.encode_job`` / ``pipeline.decode_job``) receives small result rows through
-``iter_batches`` and writes each shard once it is complete. With no address, :func:`ray_session`
-starts a local Ray inside the command and stops it afterwards.
+The part writer (one actor, no CPU reserved) writes every part and its sidecar, and exports the
+job's counters through Ray's metrics API (the Ray dashboard and Prometheus show them); the driver
+(``pipeline.parts.run_parts``) receives one small summary per part. With no address,
+:func:`ray_session` starts a local Ray inside the command and stops it afterwards.
+
+Also here: :func:`encode_dataset` and :func:`decode_dataset` (the Python API for a user's own Ray
+Data pipeline, exported as ``pipeline.encode_dataset``) and :func:`list_in_tasks` (listing a
+prefix's sub-prefixes in parallel tasks).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline.config import ComputeConfig, DecodeJobConfig, EncodeJobConfig
-from pipeline.decode_stages import ArchiveShard, DecodeRecords, read_archive_rows, write_images
-from pipeline.encode_stages import EncodeImages, read_and_decode
-from pipeline.inputs import WorkShard
+from pipeline.decode_stages import DecodeRecords, read_archive_rows, write_images
+from pipeline.encode_stages import EncodeImages, decode_item, read_and_decode, rows_to_batch
+from pipeline.inputs.items import SourceItem
+from pipeline.inputs.listing import Page, list_pages, sub_prefixes
+from pipeline.part_writer import SUMMARY_COLUMN, PartWriter
+from pipeline.parts import PartTask
+from pipeline.storage import Location
 
 # glibc keeps freeing and re-faulting torch's large buffers with its default thresholds (about 40%
 # slower on CPU, see RAY_NOTES): raised in every worker process.
@@ -40,7 +52,7 @@ def embedded_cpus(*computes: ComputeConfig) -> int:
     The actors hold their CPUs for the whole job; if they held all of them no reading task could
     run and the job would hang (Ray issue 44687).
     """
-    need = max(c.actors * c.cpus_per_actor + c.io_cpus for c in computes) if computes else 1
+    need = max(c.pool[0] * c.cpus_per_actor + c.io_cpus for c in computes) if computes else 1
     return max(os.cpu_count() or 1, math.ceil(need))
 
 
@@ -72,19 +84,38 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
             shutil.rmtree(own_temp, ignore_errors=True)
 
 
-def check_resources(compute: ComputeConfig) -> None:
-    """Refuse, with a message, an actor pool that would leave no CPU for the reading tasks."""
+def scalable_resources() -> dict | None:
+    """The most CPUs/GPUs the cluster's autoscaler may add nodes up to, or None for a fixed cluster."""
+    try:
+        from ray._private.state import state  # no public API says whether a cluster can scale (Ray 2.60)
+
+        return state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001 - an older or newer Ray without it: treat the cluster as fixed
+        return None
+
+
+def check_resources(compute: ComputeConfig, log=print) -> None:
+    """Refuse, with a message, an actor pool that could never start or would leave no CPU for the
+    reading tasks. On a cluster that can scale, the pool is checked against what the autoscaler can
+    add, and the job starts and waits for the actors instead."""
     import ray
 
-    total = ray.cluster_resources()
+    fewest, most = compute.pool
+    limit = scalable_resources()
+    total = limit if limit else ray.cluster_resources()
+    where = "the cluster can grow to" if limit else "the cluster's"
     cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
-    if compute.actors * compute.cpus_per_actor + compute.io_cpus > cpus:
-        raise ValueError(f"{compute.actors} actors x {compute.cpus_per_actor} CPUs plus {compute.io_cpus} CPU for "
-                         f"reading need more than the cluster's {cpus:g} CPUs: use fewer --actors or "
+    if fewest * compute.cpus_per_actor + compute.io_cpus > cpus:
+        raise ValueError(f"{fewest} actors x {compute.cpus_per_actor} CPUs plus {compute.io_cpus} CPU for "
+                         f"reading need more than {where} {cpus:g} CPUs: use fewer --actors or "
                          f"--cpus-per-actor (the job would hang otherwise)")
-    if compute.actors * compute.gpus_per_actor > gpus:
-        raise ValueError(f"{compute.actors} actors x {compute.gpus_per_actor} GPUs need more than the cluster's "
-                         f"{gpus:g} GPUs: use fewer --actors or --gpus-per-actor")
+    if fewest * compute.gpus_per_actor > gpus:
+        raise ValueError(f"{fewest} actors x {compute.gpus_per_actor} GPUs need more than {where} {gpus:g} GPUs: "
+                         f"use fewer --actors or --gpus-per-actor")
+    have = ray.cluster_resources()
+    if limit and fewest * compute.gpus_per_actor > have.get("GPU", 0):
+        log(f"the cluster has {have.get('GPU', 0):g} GPUs now and can grow to {gpus:g}: the job starts and waits "
+            f"for its first {fewest} actors")
 
 
 def _actor_args(compute: ComputeConfig) -> dict:
@@ -93,8 +124,10 @@ def _actor_args(compute: ComputeConfig) -> dict:
     batch_size = compute.batch_size
     if batch_size is None and compute.gpus_per_actor > 0:
         batch_size = GPU_DEFAULT_BATCH_SIZE
-    args = {"compute": ray.data.ActorPoolStrategy(size=compute.actors), "num_cpus": compute.cpus_per_actor,
-            "batch_size": batch_size, "batch_format": "numpy",
+    fewest, most = compute.pool
+    pool = ray.data.ActorPoolStrategy(size=fewest) if fewest == most else \
+        ray.data.ActorPoolStrategy(min_size=fewest, max_size=most)
+    args = {"compute": pool, "num_cpus": compute.cpus_per_actor, "batch_size": batch_size, "batch_format": "numpy",
             "fn_constructor_kwargs": {"device": compute.actor_device, "threads": compute.actor_threads}}
     if compute.gpus_per_actor > 0:
         args["num_gpus"] = compute.gpus_per_actor
@@ -107,38 +140,178 @@ def _io_pool(compute: ComputeConfig):
     return ray.data.TaskPoolStrategy(size=compute.max_io_tasks)
 
 
-def _shard_dataset(specs: list[str]):
+class MeteredPartWriter(PartWriter):
+    """The part writer, counting what it writes through Ray's metrics API (scraped from every node's
+    metrics agent: the dashboard's Metrics view and Prometheus)."""
+
+    def __init__(self, job: dict, tasks: dict[int, dict]):
+        from ray.util import metrics
+
+        super().__init__(job, tasks, on_part=self._count)
+        tags = {"job": job["job"]}
+        self._rows = metrics.Counter("sprdiff_rows", "archive rows written, by status", tag_keys=("job", "status"))
+        self._parts = metrics.Counter("sprdiff_parts", "parts written", tag_keys=("job",))
+        self._bytes_in = metrics.Counter("sprdiff_bytes_in", "bytes read (sources, or records)", tag_keys=("job",))
+        self._bytes_out = metrics.Counter("sprdiff_bytes_out", "bytes written (records, or images)",
+                                          tag_keys=("job",))
+        self._rate = metrics.Gauge("sprdiff_images_per_second", "rows written per second since the writer started",
+                                   tag_keys=("job",))
+        for metric in (self._rows, self._parts, self._bytes_in, self._bytes_out, self._rate):
+            metric.set_default_tags(tags)
+        self._start, self._written = time.monotonic(), 0
+
+    def _count(self, summary: dict) -> None:
+        for status, n in summary.get("counts", {}).items():
+            if n > 0:
+                self._rows.inc(n, tags={"status": status})
+        self._parts.inc(1)
+        encode = self.job["job"] == "encode"
+        for counter, value in ((self._bytes_in, summary.get("source_bytes" if encode else "record_bytes")),
+                               (self._bytes_out, summary.get("record_bytes" if encode else "image_bytes"))):
+            if value:  # Ray's Counter.inc refuses 0
+                counter.inc(value)
+        self._written += summary["rows"]
+        self._rate.set(self._written / max(time.monotonic() - self._start, 1e-9))
+
+
+def _writer_args(shared: dict, tasks: list[PartTask]) -> dict:
     import ray
 
-    return ray.data.from_items([{"shard": s} for s in specs], override_num_blocks=len(specs))
+    return {"compute": ray.data.ActorPoolStrategy(size=1), "num_cpus": 0, "batch_format": "numpy",
+            "fn_constructor_kwargs": {"job": shared, "tasks": {t.index: t.payload for t in tasks}}}
 
 
-def _results(ds) -> Iterator[pa.Table]:
-    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1)
+def _task_dataset(tasks: list[PartTask]):
+    import ray
+
+    return ray.data.from_items([{"task": t.to_json()} for t in tasks], override_num_blocks=len(tasks))
 
 
-def stream_encode(shards: list[WorkShard], config: EncodeJobConfig) -> Iterator[pa.Table]:
+def _summaries(ds) -> Iterator[dict]:
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+        for text in batch.get(SUMMARY_COLUMN, ()):
+            yield json.loads(text)
+
+
+def stream_encode(tasks: list[PartTask], config: EncodeJobConfig, shared: dict) -> Iterator[dict]:
     compute = config.compute
     check_resources(compute)
     actor = _actor_args(compute)
     actor["fn_constructor_kwargs"].update(model=config.model, colour_correction=config.colour_correction)
-    ds = _shard_dataset([s.to_json() for s in shards])
+    ds = _task_dataset(tasks)
     ds = ds.map_batches(read_and_decode, fn_kwargs={"max_pixels": config.max_pixels}, num_cpus=compute.io_cpus,
                         compute=_io_pool(compute), batch_format="numpy")
     ds = ds.map_batches(EncodeImages, **actor)
-    yield from _results(ds)
+    ds = ds.map_batches(MeteredPartWriter, **_writer_args(shared, tasks))
+    yield from _summaries(ds)
 
 
-def stream_decode(shards: list[ArchiveShard], config: DecodeJobConfig, model: str) -> Iterator[pa.Table]:
+def stream_decode(tasks: list[PartTask], config: DecodeJobConfig, shared: dict) -> Iterator[dict]:
     compute = config.compute
     check_resources(compute)
     actor = _actor_args(compute)
-    actor["fn_constructor_kwargs"]["model"] = model
-    ds = _shard_dataset([s.to_json() for s in shards])
-    ds = ds.map_batches(read_archive_rows, fn_kwargs={"keys": config.keys, "where": config.where},
-                        num_cpus=compute.io_cpus, compute=_io_pool(compute), batch_format="numpy")
+    actor["fn_constructor_kwargs"]["model"] = shared["model"]
+    ds = _task_dataset(tasks)
+    ds = ds.map_batches(read_archive_rows, num_cpus=compute.io_cpus, compute=_io_pool(compute), batch_format="numpy")
     ds = ds.map_batches(DecodeRecords, **actor)
     ds = ds.map_batches(write_images, fn_kwargs={"output": config.output, "image_format": config.image_format,
                                                  "quality": config.quality},
                         num_cpus=compute.io_cpus, compute=_io_pool(compute), batch_format="numpy")
-    yield from _results(ds)
+    ds = ds.map_batches(MeteredPartWriter, **_writer_args(shared, tasks))
+    yield from _summaries(ds)
+
+
+# ---- listing in parallel
+
+def list_in_tasks(location: Location, tasks: int) -> Iterator[Page]:
+    """Pages of the listing of ``location``, its first-level folders listed by up to ``tasks`` Ray tasks
+    at once. Pages wait in Ray's object store, not in the driver, until the planner takes them."""
+    import ray
+
+    folders, files = sub_prefixes(location)
+    if files:
+        yield files
+    if not folders:
+        return
+
+    @ray.remote(num_cpus=0.25)
+    def list_folder(uri: str, folder: str) -> list[Page]:
+        return list(list_pages(Location.of(uri), folder))
+
+    pending = [list_folder.remote(location.uri(), folder) for folder in folders[:tasks]]
+    queued = list(folders[tasks:])
+    while pending:
+        [ready], pending = ray.wait(pending, num_returns=1)
+        if queued:
+            pending.append(list_folder.remote(location.uri(), queued.pop(0)))
+        yield from ray.get(ready)
+
+
+# ---- the Python API (pipeline.encode_dataset / pipeline.decode_dataset)
+
+def _rows_from_bytes(batch: dict[str, np.ndarray], *, image_column: str, key_column: str,
+                     max_pixels: int) -> dict[str, np.ndarray]:
+    rows = []
+    for i, (key, data) in enumerate(zip(batch[key_column], batch[image_column])):
+        item = SourceItem(str(key), "", bytes(data) if data is not None else None,
+                          status="ok" if data is not None else "empty",
+                          error=None if data is not None else "the image column is null")
+        rows.append({**decode_item(item, max_pixels=max_pixels), "_shard": 0, "_item": i, "_shard_rows": 0})
+    return rows_to_batch(rows)
+
+
+def _archive_rows(batch: dict[str, np.ndarray]) -> pa.Table:
+    from pipeline.archive import archive_table
+    from pipeline.part_writer import batch_table
+
+    return archive_table(batch_table(batch))
+
+
+def encode_dataset(ds, *, model, image_column: str = "image", key_column: str = "key",
+                   compute: ComputeConfig | None = None, colour_correction: bool = True, max_pixels: int | None = None):
+    """A Ray Dataset of image bytes -> a Ray Dataset of archive rows (the columns of ``docs/archive-format.md``).
+
+    Every input row gives one output row, bad images included (with their status). Write it with
+    ``ds.write_parquet(...)``, or keep transforming it.
+    """
+    from sprdiff.images import DEFAULT_MAX_PIXELS
+
+    compute = compute or ComputeConfig()
+    actor = _actor_args(compute)
+    actor["fn_constructor_kwargs"].update(model=model, colour_correction=colour_correction)
+    ds = ds.map_batches(_rows_from_bytes, fn_kwargs={"image_column": image_column, "key_column": key_column,
+                                                     "max_pixels": max_pixels or DEFAULT_MAX_PIXELS},
+                        batch_format="numpy", num_cpus=compute.io_cpus)
+    ds = ds.map_batches(EncodeImages, **actor)
+    return ds.map_batches(_archive_rows, batch_format="numpy", num_cpus=compute.io_cpus)
+
+
+def _records(batch: dict[str, np.ndarray], *, record_column: str, key_column: str) -> dict[str, np.ndarray]:
+    rows = []
+    for i, (key, record) in enumerate(zip(batch[key_column], batch[record_column])):
+        rows.append({"key": str(key), "source_uri": "", "bitstream": bytes(record) if record is not None else b"",
+                     "encode_status": "ok", "encode_error": "", "_shard": 0, "_item": i, "_shard_rows": 0})
+    return rows_to_batch(rows)
+
+
+def _png_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from sprdiff.images import encode_png
+
+    n = len(batch["key"])
+    png = np.empty(n, dtype=object)
+    png[:] = [encode_png(p) if s == "ok" else None for p, s in zip(batch["pixels"], batch["status"])]
+    return {"key": batch["key"], "status": batch["status"], "error": batch["error"], "width": batch["width"],
+            "height": batch["height"], "png": png}
+
+
+def decode_dataset(ds, *, model, record_column: str = "bitstream", key_column: str = "key",
+                   compute: ComputeConfig | None = None):
+    """A Ray Dataset of records (an archive read with ``ray.data.read_parquet``, say) -> a Ray Dataset of
+    ``key``, ``status``, ``error``, ``width``, ``height`` and ``png`` (the decoded image as PNG bytes)."""
+    compute = compute or ComputeConfig()
+    actor = _actor_args(compute)
+    actor["fn_constructor_kwargs"]["model"] = model
+    ds = ds.map_batches(_records, fn_kwargs={"record_column": record_column, "key_column": key_column},
+                        batch_format="numpy", num_cpus=compute.io_cpus)
+    ds = ds.map_batches(DecodeRecords, **actor)
+    return ds.map_batches(_png_rows, batch_format="numpy", num_cpus=compute.io_cpus)

@@ -54,7 +54,9 @@ class Location:
         """Write a whole object so that it is either absent or complete under its final name.
 
         Object stores publish a PUT only when it completes. On a local disk the bytes go to a
-        hidden temporary file beside the target first, then ``os.replace`` moves it in place.
+        hidden temporary file beside the target first, fsynced, then ``os.replace`` moves it in
+        place and the directory is fsynced too, so after a power loss the name holds either the
+        old file or the whole new one.
         """
         if self.is_local:
             directory, name = os.path.split(path)
@@ -63,12 +65,23 @@ class Location:
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
                 os.replace(tmp, path)
+                _fsync_directory(directory)
             finally:
                 if os.path.exists(tmp):
                     os.remove(tmp)
         else:
             self.fs.pipe_file(path, data)
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def redact_uri(uri: str) -> str:

@@ -224,6 +224,7 @@ class PodTemplate:
     template: dict
     ray_start_params: dict | None = None  # None: not a Ray pod
     replicas_at_start: int = 1
+    replicas_at_most: int = 1  # what the autoscaler may grow the group to
 
     @property
     def spec(self) -> dict:
@@ -255,7 +256,8 @@ def cluster_pods(where: str, cluster_spec: dict) -> list[PodTemplate]:
         lo, hi = group.get("minReplicas", 0), group.get("maxReplicas", 2**31 - 1)
         at_start = min(max(group.get("replicas", lo), lo), hi)
         pods.append(PodTemplate(f"{where}, worker group {group.get('groupName')}", group.get("template", {}),
-                                group.get("rayStartParams", {}), at_start))
+                                group.get("rayStartParams", {}), at_start,
+                                hi if cluster_spec.get("enableInTreeAutoscaling") else at_start))
     return pods
 
 
@@ -379,10 +381,19 @@ def demand(args: argparse.Namespace) -> tuple[float, float]:
         from pipeline.config import ComputeConfig
 
         io_cpus = ComputeConfig().io_cpus
-        return args.actors * args.cpus_per_actor + io_cpus, args.actors * args.gpus_per_actor
+        fewest = (args.actors or (1, None))[0]
+        return fewest * args.cpus_per_actor + io_cpus, fewest * args.gpus_per_actor
     if args.command == "train":
         return args.workers * args.cpus_per_worker, args.workers * args.gpus_per_worker
     return 0.0, 0.0
+
+
+def most_gpus(args: argparse.Namespace) -> float:
+    """The GPUs a job's actor pool may grow to (``--actors MIN:MAX``)."""
+    if args.command in ("encode-job", "decode-job"):
+        fewest, most = args.actors or (1, None)
+        return (most or fewest) * args.gpus_per_actor
+    return demand(args)[1]
 
 
 def command_problems(command: Command, resources: list[dict]) -> list[str]:
@@ -400,6 +411,10 @@ def command_problems(command: Command, resources: list[dict]) -> list[str]:
                             f"--address auto, or it starts a Ray of its own there")
         have_cpus = sum(p.ray_cpus() * p.replicas_at_start for p in command.pods)
         have_gpus = sum(p.ray_gpus() * p.replicas_at_start for p in command.pods)
+        can_grow_to = sum(p.ray_gpus() * p.replicas_at_most for p in command.pods)
+        if most_gpus(args) > can_grow_to:
+            problems.append(f"{command.where}: `sprdiff {args.command}` may grow to {most_gpus(args):g} GPUs, its "
+                            f"cluster can grow to {can_grow_to:g}")
     else:
         if uses_ray and args.address is not None:
             problems.append(f"{command.where}: runs Ray inside its pod, so it takes no --address")

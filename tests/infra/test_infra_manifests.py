@@ -185,13 +185,15 @@ def _job(resources: list[dict], label: str) -> dict:
 
 
 @pytest.mark.parametrize(("change", "expected"), [
-    (lambda e: e.replace("--actors 4", "--actorz 4"), "does not parse"),
-    (lambda e: e.replace("--actors 4", "--actor 4"), "abbreviated options ['--actor']"),
+    (lambda e: e.replace("--actors 1:16", "--actorz 1:16"), "does not parse"),
+    (lambda e: e.replace("--actors 1:16", "--actor 1:16"), "abbreviated options ['--actor']"),
+    (lambda e: e.replace("--actors 1:16", "--actors 16:1"), "does not parse"),
     (lambda e: e.replace("encode-job", "encode-jobs"), "invalid choice: 'encode-jobs'"),
     (lambda e: e.replace("$SPRDIFF_BUCKET", "$SPRDIFF_BUCKT"), "SPRDIFF_BUCKT"),
     (lambda e: e.replace('--input "', '--input "s3://x'), ""),  # still parses: no problem expected
     (lambda e: e.replace(" --address auto", ""), "pass --address auto"),
-    (lambda e: e.replace("--actors 4", "--actors 8"), "needs 8 GPUs when it starts, its cluster starts with 4"),
+    (lambda e: e.replace("--actors 1:16", "--actors 2:16"), "needs 2 GPUs when it starts, its cluster starts with 1"),
+    (lambda e: e.replace("--actors 1:16", "--actors 1:32"), "may grow to 32 GPUs, its cluster can grow to 16"),
     (lambda e: e + "; sprdiff info x", "runs 2 sprdiff commands"),
     (lambda e: e.replace('"$SPRDIFF_BUCKET/corpus/"', '"$SPRDIFF_BUCKET/a b/"'), ""),  # quoting holds: one arg
 ])

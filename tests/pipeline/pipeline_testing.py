@@ -12,6 +12,8 @@ from PIL import Image
 from webdataset import TarWriter
 
 from pipeline.config import ComputeConfig
+from pipeline.inputs import PlanItem, PlanRequest, StoredPlan, build_plan, read_items
+from pipeline.storage import Location
 
 MAX_PIXELS = 256 * 256  # the test crops fit; the 300x300 'big.png' does not
 COMPUTE = ComputeConfig(actors=1, cpus_per_actor=1, threads_per_actor=1)  # one codec actor on the 2-CPU local Ray
@@ -44,3 +46,20 @@ def read_archive(uri: str) -> dict[str, dict]:
     keys = table.column("key").to_pylist()
     assert len(keys) == len(set(keys)), "a key appears twice"
     return {r["key"]: r for r in table.to_pylist()}
+
+
+def plan_of(uri: str, plan_dir, **kw) -> StoredPlan:
+    """The stored plan of ``uri`` (a prefix) written under ``plan_dir``; ``kw`` as ``PlanRequest``."""
+    request = PlanRequest(input_list=kw.pop("input_list")) if "input_list" in kw else PlanRequest(input=uri)
+    request = PlanRequest(**{**request.settings(), **kw})
+    return build_plan(request, Location.of(str(plan_dir)))
+
+
+def plan_items(plan: StoredPlan) -> list[list[PlanItem]]:
+    """Each part's items, in part order."""
+    return [plan.items(shard) for shard in plan.shards()]
+
+
+def read_plan(plan: StoredPlan, max_bytes: int | None = None):
+    """Every source item of every part, in part order."""
+    return [item for items in plan_items(plan) for item in read_items(plan.kind, items, max_bytes=max_bytes)]

@@ -37,7 +37,7 @@ def good(small_images) -> dict[str, np.ndarray]:
 
 
 def _encode(source: str, output: str, **kw) -> dict:
-    config = EncodeJobConfig(input=source, output=output, shard_size=8, max_pixels=DEFAULT_MAX_PIXELS,
+    config = EncodeJobConfig(input=source, output=output, rows_per_part=8, max_pixels=DEFAULT_MAX_PIXELS,
                              compute=COMPUTE, **kw)
     return run_encode_job(config, ray_runner.stream_encode, log=lambda _: None)
 
@@ -127,7 +127,9 @@ MEMORY_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from bad_inputs import image_files
     from pipeline.encode_stages import read_and_decode
-    from pipeline.inputs import plan_inputs
+    from pipeline.encode_job import plan_tasks
+    from pipeline.inputs import PlanRequest, build_plan
+    from pipeline.storage import Location
     from sprdiff.errors import ImageError
     from sprdiff.images import load_image
 
@@ -152,7 +154,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
                 raise AssertionError(case.name + " was decoded")
 
     def read_everything():
-        statuses = [s for b in read_and_decode({"shard": [shard.to_json()]}, max_pixels=64_000_000)
+        statuses = [s for b in read_and_decode({"task": [task.to_json()]}, max_pixels=64_000_000)
                     for s in b["status"]]
         assert len(statuses) == len(files) + 1  # every file, and the shard's end marker
 
@@ -163,7 +165,9 @@ MEMORY_SCRIPT = textwrap.dedent("""
     for name, data in files.items():
         (folder / name).write_bytes(data)
     bombs = [c for c in cases.values() if c.status == "too_large"]
-    [shard] = plan_inputs(str(folder), shard_size=len(files)).shards
+    plan = build_plan(PlanRequest(input=str(folder), rows_per_part=len(files)),
+                      Location.of(tempfile.mkdtemp() + "/_plan"))
+    [task] = plan_tasks(plan)
     load_image(files["img-0.png"])  # warm up the decoders
     figures = {"rss_mb": status_mb("VmRSS"), "bombs": len(bombs), "files": len(files),
                "bombs_mb": peak_growth_mb(refuse_bombs), "reader_mb": peak_growth_mb(read_everything),

@@ -24,14 +24,22 @@ def test_local_cpu_default_is_one_single_threaded_actor_per_core_and_room_for_re
     assert _compute(parse("--num-cpus", "2")).actors == 1
     assert _compute(parse("--address", "auto")).actors == 1
     gpu = _compute(parse("--gpus-per-actor", "1", "--actors", "4"))
-    assert (gpu.actors, gpu.actor_device) == (4, "cuda")
+    assert (gpu.pool, gpu.actor_device) == ((4, 4), "cuda")
+    elastic = _compute(parse("--gpus-per-actor", "1", "--actors", "2:16", "--io-tasks", "8"))
+    assert (elastic.pool, elastic.max_io_tasks) == ((2, 16), 8)
+    for bad in ("0", "4:2", "two", "1:2:3"):
+        with pytest.raises(SystemExit):
+            parse("--actors", bad)
 
 
 def test_bad_settings_are_refused_with_a_message():
     with pytest.raises(ValueError, match="actors"):
         ComputeConfig(actors=0)
-    with pytest.raises(ValueError, match="shard size"):
-        EncodeJobConfig(input="a", output="b", shard_size=0)
+    with pytest.raises(ValueError, match="rows per part"):
+        EncodeJobConfig(input="a", output="b", rows_per_part=0)
+    with pytest.raises(ValueError, match="exactly one"):
+        EncodeJobConfig(input="a", input_list="b.csv", output="c")
+    assert parse("--shard-size", "7").rows_per_part == 7  # the old name still works
     with pytest.raises(SystemExit):
         build_parser().parse_args(["decode-job", "--input", "a", "--output", "b", "--format", "gif"])
 

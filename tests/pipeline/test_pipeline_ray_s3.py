@@ -44,7 +44,7 @@ def quiet(_: str) -> None:
 def test_encode_and_decode_jobs_over_s3(ray_two_cpus, s3_photos, bucket, small_images, bad_files, tmp_path,
                                         tiny_model, capsys):
     archive = f"s3://{bucket}/archive"
-    stats = run_encode_job(EncodeJobConfig(input=s3_photos, output=archive, shard_size=5, max_pixels=MAX_PIXELS,
+    stats = run_encode_job(EncodeJobConfig(input=s3_photos, output=archive, rows_per_part=5, max_pixels=MAX_PIXELS,
                                            compute=COMPUTE), ray_runner.stream_encode)
     rows = read_archive(archive)
     assert len(rows) == 24 == stats["rows"]
@@ -77,7 +77,7 @@ def test_encode_and_decode_jobs_over_s3(ray_two_cpus, s3_photos, bucket, small_i
         [want] = tiny_model.decompress([rows[key]["bitstream"]])
         # the actor runs torch with 1 thread, this process with 2: synthesis may differ in the last bit
         assert got.shape == want.shape and np.abs(got.astype(int) - want).max() <= 1
-    manifest = pq.read_table(f"{bucket}/decoded/_manifest.parquet", filesystem=s3)
+    manifest = pq.read_table(f"{bucket}/decoded/_manifest", filesystem=s3)
     assert manifest.num_rows == 24
 
     # credentials never reach the output or the log
@@ -88,7 +88,7 @@ def test_encode_and_decode_jobs_over_s3(ray_two_cpus, s3_photos, bucket, small_i
 
     # a rerun finds every shard done and writes nothing
     before = {p: s3.info(p)["ETag"] for p in s3.glob(f"{bucket}/archive/part-*.parquet")}
-    again = run_encode_job(EncodeJobConfig(input=s3_photos, output=archive, shard_size=5, max_pixels=MAX_PIXELS,
+    again = run_encode_job(EncodeJobConfig(input=s3_photos, output=archive, rows_per_part=5, max_pixels=MAX_PIXELS,
                                            compute=COMPUTE), ray_runner.stream_encode, log=quiet)
     assert again["run"]["shards_written"] == 0 and again["rows"] == 24
     fresh = fs()
@@ -121,7 +121,7 @@ def test_parquet_input_from_s3(ray_two_cpus, bucket, small_images, tiny_model):
     table = pa.table({"id": [k for k, _ in images], "jpg": [png_bytes(v) for _, v in images[:8]] + [b"garbage"]})
     pq.write_table(table, f"{bucket}/tables/batch.parquet", filesystem=fs(), row_group_size=4)
     archive = f"s3://{bucket}/tables-archive"
-    stats = run_encode_job(EncodeJobConfig(input=f"s3://{bucket}/tables", output=archive, shard_size=4,
+    stats = run_encode_job(EncodeJobConfig(input=f"s3://{bucket}/tables", output=archive, rows_per_part=4,
                                            compute=COMPUTE), ray_runner.stream_encode, log=quiet)
     assert stats["counts"] == {"ok": 8, "not_image": 1} and stats["run"]["shards_written"] == 3
     rows = read_archive(archive)
@@ -132,3 +132,47 @@ def test_parquet_input_from_s3(ray_two_cpus, bucket, small_images, tiny_model):
 def test_an_actor_pool_that_would_starve_the_readers_is_refused(ray_two_cpus):
     with pytest.raises(ValueError, match="would hang"):
         ray_runner.check_resources(ComputeConfig(actors=2, cpus_per_actor=1))
+
+
+def test_encode_and_decode_datasets_inside_a_users_own_pipeline(ray_two_cpus, small_images, tiny_model):
+    """``pipeline.encode_dataset`` / ``decode_dataset`` on a user's Ray Dataset (docs/operations.md's example)."""
+    import io
+
+    import ray
+
+    import pipeline
+
+    images = dict(list(small_images.items())[:3])
+    ds = ray.data.from_items([{"key": k, "image": png_bytes(v)} for k, v in images.items()] +
+                             [{"key": "broken", "image": b"not an image"}])
+    rows = {r["key"]: r for r in pipeline.encode_dataset(ds, model="tiny", compute=COMPUTE).take_all()}
+    assert {k: r["status"] for k, r in rows.items()} == {**{k: "ok" for k in images}, "broken": "not_image"}
+    for key, pixels in images.items():
+        assert rows[key]["bitstream"] == tiny_model.compress([pixels])[0]
+        assert rows[key]["bpp"] == pytest.approx(8 * len(rows[key]["bitstream"]) / pixels.shape[0] / pixels.shape[1])
+    records = ray.data.from_items([{"key": k, "bitstream": r["bitstream"]} for k, r in rows.items() if k != "broken"])
+    decoded = {r["key"]: r for r in pipeline.decode_dataset(records, model="tiny", compute=COMPUTE).take_all()}
+    for key in images:
+        [want] = tiny_model.decompress([rows[key]["bitstream"]])
+        got = np.asarray(Image.open(io.BytesIO(decoded[key]["png"])))
+        assert decoded[key]["status"] == "ok" and got.shape == want.shape
+        assert np.abs(got.astype(int) - want).max() <= 1  # 1 torch thread in the actor, 2 here
+
+
+def test_sub_prefixes_listed_in_parallel_ray_tasks_give_the_same_plan(ray_two_cpus, bucket, tmp_path):
+    from functools import partial
+
+    from pipeline.inputs import PlanRequest, build_plan
+    from pipeline.storage import Location
+
+    s3 = fs()
+    names = [f"{folder}/{i:03d}.png" for folder in ("a", "b", "c/d") for i in range(7)] + ["top.png"]
+    for name in names:
+        s3.pipe_file(f"{bucket}/nested/{name}", b"x")
+    request = PlanRequest(input=f"s3://{bucket}/nested", rows_per_part=5)
+    in_driver = build_plan(request, Location.of(str(tmp_path / "p1")))
+    in_tasks = build_plan(request, Location.of(str(tmp_path / "p2")),
+                          lister=partial(ray_runner.list_in_tasks, tasks=2))
+    keys = [i.key for s in in_tasks.shards() for i in in_tasks.items(s)]
+    assert keys == sorted(n.removesuffix(".png") for n in names)
+    assert in_tasks.info.digest == in_driver.info.digest

@@ -1,10 +1,15 @@
 """Kill a running ``sprdiff encode-job`` (SIGKILL to the whole process group, or to its codec actors
-several times and then to the driver), rerun it, check exactly-once and byte-identical bitstreams."""
+several times and then to the driver), rerun it, check exactly-once and byte-identical bitstreams,
+and, from the S3 server's own request log, that the rerun read the stored plan instead of listing
+the input again.
+
+The actor-kill test is marked ``slow``: ``.ci/run`` runs it as a second pytest call."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -55,9 +60,10 @@ def _upload(prefix: str, images: dict[str, np.ndarray]) -> str:
 
 
 @pytest.fixture(scope="module")
-def bucket(s3_endpoint) -> str:
+def bucket(recording_s3) -> str:
+    """A bucket on the recording moto_server (the commands under test inherit its endpoint)."""
     name = f"resume-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    boto3.client("s3", endpoint_url=recording_s3.endpoint).create_bucket(Bucket=name)
     return name
 
 
@@ -95,6 +101,28 @@ def _start_and_wait_for_a_part(command: list[str], log_path, archive: str) -> tu
     return proc, family
 
 
+ARCHIVE_FILE = re.compile(r"^(part-\d{5}\.parquet|_parts/part-\d{5}\.json|_plan/(plan\.json|shards\.parquet|"
+                          r"items-\d{5}\.parquet)|_index/parts\.parquet|_job\.json|_stats\.json)$")
+
+
+def _check_only_whole_files(s3: s3fs.S3FileSystem, archive: str) -> None:
+    """After a kill: nothing but the archive's own files, and every part present whole (its footer reads
+    and holds the rows it says)."""
+    root = archive.removeprefix("s3://")
+    s3.invalidate_cache()
+    names = [p[len(root) + 1:] for p in s3.find(root)]
+    assert names and all(ARCHIVE_FILE.match(n) for n in names), names
+    for name in names:
+        if name.startswith("part-"):
+            meta = pq.ParquetFile(s3.open(f"{root}/{name}")).metadata
+            assert meta.num_rows == int(meta.metadata[b"sprdiff.rows"]), name
+
+
+def _listings_of(requests: list[dict], bucket: str, prefix: str) -> list[dict]:
+    return [r for r in requests if r["method"] == "GET" and r["path"].strip("/") == bucket
+            and "list-type" in r["query"] and r["query"].get("prefix", "").startswith(prefix)]
+
+
 def _check_exactly_once(archive: str, images: dict[str, np.ndarray], tiny_model, total_shards: int) -> dict:
     s3 = s3fs.S3FileSystem(skip_instance_cache=True)
     parts = _parts(s3, archive.removeprefix("s3://"))
@@ -110,23 +138,29 @@ def _check_exactly_once(archive: str, images: dict[str, np.ndarray], tiny_model,
     return stats
 
 
-def test_a_killed_encode_job_resumes_exactly_once(corpus, tiny_model, tmp_path, ray_dir):
+def test_a_killed_encode_job_resumes_exactly_once(corpus, bucket, recording_s3, tiny_model, tmp_path, ray_dir):
     source, images = corpus
     archive = source.replace("/in", "/killed-driver")
     total_shards = (len(images) + 1 + 1) // 2
     command = _command(source, archive, ray_dir)
-    proc, family = _start_and_wait_for_a_part(command, tmp_path / "killed.log", archive.removeprefix("s3://"))
+    with recording_s3.recording() as first:
+        proc, family = _start_and_wait_for_a_part(command, tmp_path / "killed.log", archive.removeprefix("s3://"))
     kill_tree(proc, family)  # SIGKILL to the driver's group, then to every Ray process it had started
+    assert _listings_of(first.requests, bucket, "in/"), "the first run's listing is not in the log"
     s3 = s3fs.S3FileSystem(skip_instance_cache=True)
     killed_parts = _parts(s3, archive.removeprefix("s3://"))
     assert 0 < len(killed_parts) < total_shards, f"the kill came too late: {len(killed_parts)} parts"
-    assert not [p for p in s3.find(archive.removeprefix("s3://")) if "tmp" in p.rsplit("/", 1)[1]]
+    _check_only_whole_files(s3, archive)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family)
 
-    done = subprocess.run(command, cwd=REPO, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True,
-                          text=True, timeout=600)
+    with recording_s3.recording() as log:
+        done = subprocess.run(command, cwd=REPO, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+                              capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "already done" in done.stdout
+    said = re.findall(r"(\d+) already done", done.stdout)  # the start line and the summary
+    assert said and {int(n) for n in said} == {len(killed_parts)}, done.stdout[-2000:]
+    assert _listings_of(log.requests, bucket, "in/") == [], "the rerun listed the input again"
+    assert [r for r in log.requests if r["path"].endswith("/_plan/plan.json")], "the rerun did not read the plan"
     stats = _check_exactly_once(archive, images, tiny_model, total_shards)
     assert stats["run"]["shards_done_before"] == len(killed_parts)
     assert stats["run"]["shards_written"] == total_shards - len(killed_parts)
@@ -191,7 +225,7 @@ def test_killing_codec_actors_then_the_driver_loses_and_duplicates_nothing(bucke
     finally:
         kill_tree(proc, list(family.values()))  # the driver kill (SIGKILL to its group), and every Ray process
     assert len(set(killed)) >= ACTOR_KILLS
-    assert not [p for p in s3.find(bucket_path) if "tmp" in p.rsplit("/", 1)[1]]
+    _check_only_whole_files(s3, archive)
 
     done = subprocess.run(command, cwd=REPO, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True,
                           text=True, timeout=600)

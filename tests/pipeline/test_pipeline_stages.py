@@ -1,7 +1,9 @@
-"""The stages and the driver logic without Ray: statuses, shard regrouping, Parquet files, resume."""
+"""The stages and the driver logic without Ray: statuses, part regrouping, Parquet files, resume."""
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import io
 import json
 import tarfile
@@ -62,15 +64,38 @@ def test_collector_releases_a_shard_only_when_complete():
         ShardCollector().add(_rows(3, [0, 1], total=1))
 
 
+def test_collector_drops_rows_that_ray_delivers_twice():
+    """A retried batch (an actor died after sending its output) brings rows again: they are dropped,
+    neither completing a shard early nor failing the job."""
+    c = ShardCollector()
+    assert c.add(_rows(1, [0, 1])) == []
+    assert c.add(pa.concat_tables([_rows(1, [1, 0]), _rows(1, [], total=3)])) == []  # repeats, and the marker
+    assert c.add(_rows(1, [], total=3)) == []  # the marker again
+    [(index, table)] = c.add(_rows(1, [2, 2]))
+    assert index == 1 and table.column("_item").to_pylist() == [0, 1, 2]
+    assert c.repeated_rows == 3
+    assert c.add(_rows(1, [0, 1, 2], total=3)) == []  # the whole shard again after it was written
+    with pytest.raises(RuntimeError, match="different row counts"):
+        d = ShardCollector()
+        d.add(_rows(4, [0], total=2))
+        d.add(_rows(4, [], total=3))
+
+
 def test_row_groups_stay_small(monkeypatch):
     monkeypatch.setattr(archive, "MAX_ROW_GROUP_BYTES", 1000)
+    monkeypatch.setattr(archive, "MAX_ROW_GROUP_ROWS", 4)
     rows = {c.name: [None] * 10 for c in ARCHIVE_COLUMNS}
     rows |= {"key": [f"k{i}" for i in range(10)], "source_uri": ["x"] * 10, "status": ["ok"] * 10,
              "bitstream": [bytes(400)] * 10, "model_id": ["m"] * 10, "model_fingerprint": ["f"] * 10,
              "format_version": [1] * 10, "read_s": [0.0] * 10, "decode_s": [0.0] * 10, "encode_s": [0.0] * 10}
     table = pa.table(rows, schema=pa.schema([c.field() for c in ARCHIVE_COLUMNS]))
     f = pq.ParquetFile(io.BytesIO(archive.parquet_bytes(table, ARCHIVE_COLUMNS, {"model_id": "m"})))
-    assert f.metadata.num_rows == 10 and f.metadata.num_row_groups == 5
+    assert f.metadata.num_rows == 10 and f.metadata.num_row_groups == 5  # 1,000 bytes: two 400-byte records
+    monkeypatch.setattr(archive, "MAX_ROW_GROUP_BYTES", 10**6)
+    f = pq.ParquetFile(io.BytesIO(archive.parquet_bytes(table, ARCHIVE_COLUMNS, {"model_id": "m"})))
+    assert [f.metadata.row_group(i).num_rows for i in range(f.metadata.num_row_groups)] == [4, 4, 2]
+    key_stats = f.metadata.row_group(1).column(0).statistics
+    assert (key_stats.min, key_stats.max) == ("k4", "k7")  # what lets a lookup skip row groups
     assert json.loads(f.schema_arrow.metadata[SCHEMA_METADATA_KEY])["columns"][0]["name"] == "key"
 
 
@@ -88,7 +113,7 @@ def photo_folder(tmp_path, small_images, bad_files):
 @pytest.fixture
 def encode_local(tiny_model):
     def encode(folder, out, **kw) -> dict:
-        config = EncodeJobConfig(input=str(folder), output=str(out), shard_size=3, max_pixels=MAX_PIXELS, **kw)
+        config = EncodeJobConfig(input=str(folder), output=str(out), rows_per_part=3, max_pixels=MAX_PIXELS, **kw)
         return run_encode_job(config, partial(local_runner.stream_encode, model=tiny_model), log=lambda _: None)
     return encode
 
@@ -96,9 +121,23 @@ def encode_local(tiny_model):
 def test_local_encode_job_archive_contract(photo_folder, tmp_path, small_images, bad_files, tiny_model, encode_local):
     out = tmp_path / "archive"
     stats = encode_local(photo_folder, out)
-    assert sorted(p.name for p in out.iterdir()) == ["_job.json", "_stats.json", "part-00000.parquet",
-                                                     "part-00001.parquet", "part-00002.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["_index", "_job.json", "_parts", "_plan", "_stats.json",
+                                                     "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     table = pq.read_table(out)
+    for n in range(3):  # each part sorted by key, its footer and sidecar naming this job, plan and key range
+        part = pq.read_table(out / f"part-0000{n}.parquet")
+        assert part.column("key").to_pylist() == sorted(part.column("key").to_pylist())
+        meta = {k.decode(): v.decode() for k, v in pq.read_schema(out / f"part-0000{n}.parquet").metadata.items()}
+        sidecar = json.loads((out / "_parts" / f"part-0000{n}.json").read_text())
+        job = json.loads((out / "_job.json").read_text())
+        assert meta["sprdiff.job_id"] == sidecar["job_id"] == job["job_id"]
+        assert meta["sprdiff.plan_digest"] == job["plan_digest"] and meta["sprdiff.shard"] == str(n)
+        assert int(meta["sprdiff.rows"]) == sidecar["rows"] == part.num_rows
+        assert (meta["sprdiff.first_key"], meta["sprdiff.last_key"]) == (sidecar["first_key"], sidecar["last_key"]) \
+            == (part.column("key")[0].as_py(), part.column("key")[-1].as_py())
+        data = (out / f"part-0000{n}.parquet").read_bytes()
+        assert sidecar["size"] == len(data) and sidecar["sha256"] == hashlib.sha256(data).hexdigest()
+        assert sidecar["counts"] == dict(collections.Counter(part.column("status").to_pylist()))
     assert table.schema.names == [c.name for c in ARCHIVE_COLUMNS]
     rows = {r["key"]: r for r in table.to_pylist()}
     expected = {name.rsplit(".", 1)[0]: status for name, (_, status) in bad_files.items()}
@@ -140,26 +179,41 @@ def test_encode_job_without_colour_correction_writes_version_1_records(photo_fol
         assert r["bitstream"] == record and r["format_version"] == read_header(record)[0].version == 4
 
 
+def _rows_without_timings(out) -> dict[str, dict]:
+    table = pq.read_table(out).drop_columns(["read_s", "decode_s", "encode_s"])
+    return {r["key"]: r for r in table.to_pylist()}
+
+
 def test_local_encode_job_resumes_and_refuses_other_settings(photo_folder, tmp_path, encode_local):
     out = tmp_path / "archive"
     encode_local(photo_folder, out)
     before = {p.name: p.read_bytes() for p in out.glob("part-*.parquet")}
+    rows = _rows_without_timings(out)
     (out / "part-00001.parquet").unlink()
+    (out / "_parts" / "part-00002.json").unlink()  # a sidecar lost: recomputed from its part
+    (out / "part-00000.parquet").write_bytes(before["part-00000.parquet"][:-100])  # a torn part: rewritten
     stats = encode_local(photo_folder, out)
-    assert stats["run"]["shards_written"] == 1 and stats["run"]["shards_done_before"] == 2
+    assert stats["run"]["shards_written"] == 2 and stats["run"]["shards_done_before"] == 1
     assert stats["rows"] == 9
-    after = {p.name: p.read_bytes() for p in out.glob("part-*.parquet")}
-    assert after.keys() == before.keys()
+    assert sorted(p.name for p in out.glob("part-*.parquet")) == sorted(before)
+    assert _rows_without_timings(out) == rows  # the same rows and records, byte for byte; only timings differ
+    assert json.loads((out / "_parts" / "part-00002.json").read_text())["rows"] == 3
     keys = pq.read_table(out, columns=["key"]).column("key").to_pylist()
     assert len(keys) == len(set(keys)) == 9
     stats = encode_local(photo_folder, out)
     assert stats["run"]["shards_written"] == 0 and stats["rows"] == 9
     with pytest.raises(ValueError, match="other settings.*max_pixels"):
-        run_encode_job(EncodeJobConfig(input=str(photo_folder), output=str(out), shard_size=3),
+        run_encode_job(EncodeJobConfig(input=str(photo_folder), output=str(out), rows_per_part=3),
                        local_runner.stream_encode, log=lambda _: None)
+    with pytest.raises(ValueError, match="other settings.*colour_correction"):
+        encode_local(photo_folder, out, colour_correction=False)
+    with pytest.raises(ValueError, match="other settings.*input"):
+        encode_local(tmp_path, out)
+    # the rerun reads the stored plan and lists nothing: a file added since is not in this archive
     (photo_folder / "new.png").write_bytes(b"x")
-    with pytest.raises(ValueError, match="input_digest"):
-        encode_local(photo_folder, out)
+    (out / "part-00001.parquet").unlink()
+    stats = encode_local(photo_folder, out)
+    assert stats["rows"] == 9 and "new" not in pq.read_table(out, columns=["key"]).column("key").to_pylist()
 
 
 @pytest.fixture
@@ -181,10 +235,10 @@ def test_local_decode_job_png_keys_where_and_wds(photo_folder, tmp_path, small_i
         [record] = tiny_model.compress([small_images[key]])
         [expected] = tiny_model.decompress([record])
         assert np.array_equal(np.asarray(Image.open(out / f"{key}.png")), expected)
-    manifest = pd.read_parquet(out / "_manifest.parquet")
+    manifest = pd.read_parquet(out / "_manifest")
     assert len(manifest) == 9 and set(manifest[manifest.status == "ok"].output_uri) == \
         {f"file://{out}/{k}.png" for k in list(small_images)[:5]}
-    assert len(pd.read_parquet(out / "_manifest")) == 9
+    assert sorted(p.name for p in (out / "_parts").iterdir()) == [f"part-0000{n}.json" for n in range(3)]
 
     keys_out = tmp_path / "some"
     some = decode_local(archive_dir, keys_out, keys=frozenset({"img-01", "zero", "nope"}), image_format="jpeg")
@@ -193,8 +247,10 @@ def test_local_decode_job_png_keys_where_and_wds(photo_folder, tmp_path, small_i
 
     where_out = tmp_path / "where"
     assert decode_local(archive_dir, where_out, where="status == 'ok' and width >= 128")["rows"] == 4
-    with pytest.raises(ValueError, match="--where"):
+    with pytest.raises(ValueError, match="--where.*no_such_column"):
         decode_local(archive_dir, tmp_path / "bad", where="no_such_column > 3")
+    with pytest.raises(ValueError, match="--where"):
+        decode_local(archive_dir, tmp_path / "bad", where="__import__('os').system('true')")
 
     wds_out = tmp_path / "wds"
     decode_local(archive_dir, wds_out, image_format="wds")
