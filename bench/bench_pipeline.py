@@ -70,7 +70,7 @@ def loop_encode(paths: list[Path], model_name: str, out: Path) -> tuple[float, f
         codec += time.perf_counter() - c0
         keys.append(path.stem)
         records.append(record)
-    pq.write_table(pa.table({"key": keys, "bitstream": records}), out)
+    pq.write_table(pa.table({"key": keys, "record": records}), out)
     return time.perf_counter() - t0, codec / len(paths)
 
 
@@ -80,10 +80,10 @@ def loop_decode(archive: Path, model_name: str, out: Path) -> tuple[float, float
 
     t0 = time.perf_counter()
     model = SPRDiff.from_pretrained(model_name)
-    table = pq.read_table(archive, columns=["key", "bitstream"])
+    table = pq.read_table(archive, columns=["key", "record"])
     out.mkdir(parents=True, exist_ok=True)
     codec, n = 0.0, 0
-    for key, record in zip(table.column("key").to_pylist(), table.column("bitstream").to_pylist()):
+    for key, record in zip(table.column("key").to_pylist(), table.column("record").to_pylist()):
         if record is None:
             continue
         c0 = time.perf_counter()
@@ -136,8 +136,8 @@ def main() -> None:
                                              compute=compute), ray_runner.stream_decode, log=lambda _: None)
         job_dec_s = time.perf_counter() - t0
     assert enc["counts"] == {"ok": args.images} and dec["counts"] == {"ok": args.images} and n_dec == args.images
-    loop_records = pq.read_table(work / "loop-archive.parquet").column("bitstream").to_pylist()
-    job_records = pq.read_table(work / "archive", columns=["bitstream"]).column("bitstream").to_pylist()
+    loop_records = pq.read_table(work / "loop-archive.parquet").column("record").to_pylist()
+    job_records = pq.read_table(work / "archive", columns=["record"]).column("record").to_pylist()
     assert loop_records == job_records, "the job's bitstreams differ from the loop's"
 
     job_enc_codec = float(np.mean(pq.read_table(work / "archive", columns=["encode_s"]).column("encode_s")))

@@ -67,6 +67,9 @@ def add_batch_commands(subparsers: argparse._SubParsersAction) -> None:
                                              "Parquet with bucket/key/size, or its manifest.json)")
     enc.add_argument("--output", required=True, help="archive prefix (local path, file://, s3://, ...)")
     enc.add_argument("--model", default="demo", help="preset or shipped model, model directory or URI (default: demo)")
+    enc.add_argument("--model-store", default=None, metavar="URI",
+                     help="model store to keep the exact weights in, by fingerprint, shared by many archives "
+                          "(default: the archive's own OUTPUT/_models/)")
     enc.add_argument("--input-format", choices=("auto", "images", "wds", "parquet"), default="auto",
                      help="auto: .tar files -> wds, .parquet files -> parquet, anything else -> image files")
     enc.add_argument("--image-column", default=None,
@@ -92,8 +95,6 @@ def add_batch_commands(subparsers: argparse._SubParsersAction) -> None:
     enc.add_argument("--list-tasks", type=int, default=0,
                      help="list the input's first-level folders in this many parallel Ray tasks (default: 0, the "
                           "driver lists page by page)")
-    enc.add_argument("--model-store", default=None,
-                     help="where the models that wrote records are stored (default: OUTPUT/_models)")
     _add_compute_arguments(enc)
     enc.set_defaults(run=run_encode_job_command)
 
@@ -111,17 +112,27 @@ def add_batch_commands(subparsers: argparse._SubParsersAction) -> None:
                      help="a filter over the archive's columns (docs/archive-format.md): comparisons (== != < <= > "
                           ">=), in (...), is [not] null, and/or/not, e.g. \"status == 'ok' and width >= 256\"")
     dec.add_argument("--quality", type=int, default=90, help="WebP/JPEG quality (default: 90)")
-    dec.add_argument("--model", default=None, help="model to decode with (default: the one the archive names)")
+    dec.add_argument("--model", default=None,
+                     help="decode every record with this model, checked against each record's fingerprint "
+                          "(default: each record's own stored weights, found by its fingerprint)")
+    dec.add_argument("--model-store", action="append", default=[], metavar="URI",
+                     help="a model store (or model directory) to look in first for each record's weights, besides "
+                          "the archive's own _models/ and the store its parts name; repeatable")
     _add_compute_arguments(dec)
     dec.set_defaults(run=run_decode_job_command)
 
     get = subparsers.add_parser("get", help="decode one key of an archive, without Ray",
                                 description="Find KEY in the archive (reading only the part and row group that "
-                                            "hold it) and decode it to a PNG file.")
+                                            "hold it) and decode it to a PNG file with the weights its record's "
+                                            "fingerprint names (the archive's _models/ or the store it names).")
     get.add_argument("archive", help="archive prefix (local path, file://, s3://, ...)")
     get.add_argument("key", help="the row's key")
     get.add_argument("-o", "--output", default=None, help="PNG file to write (default: the key's last part + .png)")
-    get.add_argument("--model", default=None, help="model to decode with (default: the one the archive names)")
+    get.add_argument("--model", default=None,
+                     help="decode with this model, checked against the record's fingerprint (default: the record's "
+                          "own stored weights)")
+    get.add_argument("--model-store", action="append", default=[], metavar="URI",
+                     help="another model store (or model directory) to look in for the weights; repeatable")
     get.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     get.set_defaults(run=run_get_command)
 
@@ -188,7 +199,7 @@ def run_decode_job_command(args: argparse.Namespace) -> int:
     started = time.monotonic()
     config = DecodeJobConfig(input=args.input, output=args.output, image_format=args.image_format, model=args.model,
                              keys=read_keys(args.keys) if args.keys else None, where=args.where,
-                             quality=args.quality, compute=_compute(args))
+                             quality=args.quality, model_stores=tuple(args.model_store), compute=_compute(args))
     cpus = args.num_cpus or ray_runner.embedded_cpus(config.compute)
     with ray_runner.ray_session(args.address, num_cpus=cpus, temp_dir=args.ray_temp_dir):
         run_decode_job(config, ray_runner.stream_decode, started_at=started)
@@ -196,35 +207,43 @@ def run_decode_job_command(args: argparse.Namespace) -> int:
 
 
 def run_get_command(args: argparse.Namespace) -> int:
+    from pipeline.decode_stages import FALLBACK_PLACES, part_model_places
     from pipeline.keys import safe_relative_path
     from pipeline.lookup import ArchiveIndex, read_part
+    from pipeline.schema import RECORD_COLUMN
     from sprdiff import SPRDiff
     from sprdiff.images import encode_png
+    from sprdiff.model_store import resolve_model
 
     index = ArchiveIndex.open(args.archive)
     rows = []
     for part, held in index.select([args.key]):
-        table = read_part(part.uri, keys=held, columns=["key", "status", "error", "bitstream"])
-        rows += [(part, r) for r in table.to_pylist()]
+        table = read_part(part.uri, keys=held, columns=["key", "status", "error", RECORD_COLUMN, "model_fingerprint"])
+        rows += [(part, table.schema.metadata, r) for r in table.to_pylist()]
     if not rows:
         print(f"sprdiff: error: no key {args.key!r} in {args.archive}", file=sys.stderr)
         return 1
-    part, row = rows[0]
-    if not row["bitstream"]:
-        print(f"sprdiff: error: {args.key!r} was not encoded ({row['status']}: {row['error']})", file=sys.stderr)
+    if len(rows) > 1:
+        raise ValueError(f"key {args.key!r} is in {len(rows)} rows of {args.archive} "
+                         f"({', '.join(p.name for p, _, _ in rows)}): the archive is damaged, run `sprdiff verify`")
+    part, metadata, row = rows[0]
+    if not row[RECORD_COLUMN]:
+        print(f"sprdiff: error: {args.key!r} has no record: its status is {row['status']} ({row['error']})",
+              file=sys.stderr)
         return 1
-    model = args.model
-    if model is None:
-        from pipeline.archive import file_metadata
-        from pipeline.storage import Location
-
-        where = Location.of(part.uri)
-        model = file_metadata(where, where.root).get("sprdiff.model_source")
-        if not model:
-            raise ValueError(f"{part.uri} does not say which model wrote it: pass --model")
-    [pixels] = SPRDiff.from_pretrained(model, device=args.device).decompress([row["bitstream"]], batch_size=1)
+    fingerprint = row.get("model_fingerprint") or ""
+    if args.model:
+        model = SPRDiff.from_pretrained(args.model, device=args.device)
+        if fingerprint and model.fingerprint != fingerprint:
+            raise ValueError(f"{args.key!r} was written by model {fingerprint}, but --model {args.model} is "
+                             f"{model.fingerprint}: drop --model to use the record's own stored weights")
+    else:
+        places = [*args.model_store, *part_model_places(part.uri, metadata), *FALLBACK_PLACES]
+        model = resolve_model(fingerprint, places, device=args.device)
+    [pixels] = model.decompress([row[RECORD_COLUMN]], batch_size=1)
     target = args.output or safe_relative_path(args.key.rsplit("/", 1)[-1], ".png")
-    with fsspec.open(target, "wb") as f:
+    with fsspec.open(target, "wb", auto_mkdir=True) as f:
         f.write(encode_png(pixels))
-    print(f"{args.key}: {pixels.shape[1]}x{pixels.shape[0]} from {part.name} -> {target}")
+    print(f"{args.key} -> {target}: {pixels.shape[1]}x{pixels.shape[0]}, a record of {len(row[RECORD_COLUMN])} bytes "
+          f"from {part.name}")
     return 0

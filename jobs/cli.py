@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_commands(subparsers)
     from jobs.train_commands import add_train_commands
     add_train_commands(subparsers)
+    from jobs.archive_commands import add_archive_commands
+    add_archive_commands(subparsers)
     return parser
 
 

@@ -12,7 +12,7 @@ def encode_dataset(ds, *, model, image_column: str = "image", key_column: str = 
     return encode(ds, model=model, image_column=image_column, key_column=key_column, **kwargs)
 
 
-def decode_dataset(ds, *, model, record_column: str = "bitstream", key_column: str = "key", **kwargs):
+def decode_dataset(ds, *, model, record_column: str = "record", key_column: str = "key", **kwargs):
     """A Ray Dataset of records -> a Ray Dataset of decoded PNGs (see ``pipeline.ray_runner.decode_dataset``)."""
     from pipeline.ray_runner import decode_dataset as decode
 

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.schema import ARCHIVE_COLUMNS, MANIFEST_COLUMNS, Column, arrow_schema
+from pipeline.schema import ARCHIVE_COLUMNS, MANIFEST_COLUMNS, RECORD_COLUMN, Column, arrow_schema
 from pipeline.storage import Location
 
 JOB_FILE = "_job.json"
@@ -81,7 +81,7 @@ def parquet_bytes(table: pa.Table, columns: tuple[Column, ...], metadata: dict[s
     """
     schema = arrow_schema(columns, metadata)
     table = table.replace_schema_metadata(schema.metadata)
-    compression = {c.name: ("none" if c.name == "bitstream" else "zstd") for c in columns}
+    compression = {c.name: ("none" if c.name == RECORD_COLUMN else "zstd") for c in columns}
     buf = io.BytesIO()
     with pq.ParquetWriter(buf, schema, compression=compression, write_page_checksum=True) as writer:
         for chunk in _row_group_slices(table):
@@ -149,8 +149,8 @@ def summarise_manifest_part(name: str, shard: int, job_id: str, data: bytes, tab
     pixels = pc.sum(pc.multiply(pc.cast(ok.column("width"), pa.int64()), pc.cast(ok.column("height"), pa.int64())))
     return {"part": name, "shard": shard, "job_id": job_id, "rows": table.num_rows, "size": len(data),
             "sha256": hashlib.sha256(data).hexdigest(), "first_key": first, "last_key": last,
-            "counts": status_counts(table), "record_bytes": _sum(ok, "bitstream_bytes"),
-            "pixels_ok": int(pixels.as_py() or 0) if ok.num_rows else 0, "image_bytes": _sum(ok, "num_bytes")}
+            "counts": status_counts(table), "record_bytes": _sum(ok, "record_bytes"),
+            "pixels_ok": int(pixels.as_py() or 0) if ok.num_rows else 0, "image_bytes": _sum(ok, "image_bytes")}
 
 
 def status_counts(table: pa.Table) -> dict[str, int]:

@@ -75,7 +75,7 @@ class EncodeJobConfig:
     key_column: str | None = None
     colour_correction: bool = True  # send each image's colour map and offset grid; about 2x the encode time
     retry_errors: bool = False  # re-read the archive's read_error rows and rewrite the parts holding them
-    model_store: str | None = None  # where the models that wrote records are stored (default OUTPUT/_models)
+    model_store: str | None = None  # the store keeping the exact weights by fingerprint; None: OUTPUT/_models/
     compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def __post_init__(self) -> None:
@@ -96,7 +96,8 @@ class DecodeJobConfig:
     input: str
     output: str
     image_format: str = "png"
-    model: str | None = None  # None: the model source recorded in the archive
+    model: str | None = None  # None: each record's weights found by its fingerprint (sprdiff.model_store)
+    model_stores: tuple[str, ...] = ()  # stores looked in first, before each archive's own (--model-store)
     keys: frozenset[str] | None = None
     where: str | None = None
     quality: int = 90  # webp/jpeg

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import pyarrow.parquet as pq
 
-from pipeline.archive import check_job_file, file_metadata, new_job_id, summarise_manifest_part, write_stats
+from pipeline.archive import check_job_file, new_job_id, summarise_manifest_part, write_stats
 from pipeline.config import DecodeJobConfig
 from pipeline.lookup import ArchiveIndex
 from pipeline.part_writer import MANIFEST_DIR
@@ -37,15 +37,6 @@ from pipeline.storage import Location, redact_uri
 from pipeline.where import check_where
 
 DecodeStream = Callable[[list[PartTask], DecodeJobConfig, dict], Iterable[dict]]
-
-
-def archive_model(index: ArchiveIndex) -> str:
-    """The model source recorded in the archive's first part (``sprdiff.model_source``)."""
-    first = Location.of(index.parts[0].uri)
-    source = file_metadata(first, first.root).get("sprdiff.model_source")
-    if not source:
-        raise ValueError(f"{index.parts[0].uri} does not say which model wrote it: pass --model")
-    return source
 
 
 def decode_tasks(index: ArchiveIndex, config: DecodeJobConfig) -> Iterator[PartTask]:
@@ -64,7 +55,7 @@ def run_decode_job(config: DecodeJobConfig, stream: DecodeStream, *, log: Callab
                    started_at: float | None = None) -> dict:
     started_at = time.monotonic() if started_at is None else started_at
     index = ArchiveIndex.open(config.input)
-    model = config.model or archive_model(index)
+    model = config.model  # None: each record's weights are found from its fingerprint (sprdiff.model_store)
     if config.where:
         first = Location.of(index.parts[0].uri)
         with first.fs.open(first.root, "rb") as f:
@@ -74,12 +65,14 @@ def run_decode_job(config: DecodeJobConfig, stream: DecodeStream, *, log: Callab
     keys_digest = hashlib.sha256("\n".join(sorted(config.keys)).encode()).hexdigest() if config.keys else None
     job = check_job_file(out, {"job": "decode", "archive_version": ARCHIVE_VERSION, "input": input_uri,
                                "input_digest": index.digest, "format": config.image_format,
-                               "keys_digest": keys_digest, "where": config.where, "model": redact_uri(model),
+                               "keys_digest": keys_digest, "where": config.where,
+                               "model": redact_uri(model) if model else None,
                                "job_id": new_job_id(), "plan_digest": index.digest})
     output = PartOutput(out, job["job_id"], job["plan_digest"], part_dir=MANIFEST_DIR)
     placed = dataclasses.replace(config, output=out.uri())  # absolute, whatever the workers' directory
     shared = {"job": "decode", "output": out.uri(), "job_id": job["job_id"], "plan_digest": job["plan_digest"],
-              "model_source": redact_uri(model), "model": model, "image_format": config.image_format}
+              "model_source": redact_uri(model) if model else "", "model": model,
+              "image_format": config.image_format}
     tasks = list(decode_tasks(index, config))  # one per archive part: the index is already in memory
     pipeline_start = time.monotonic()
     totals = run_parts("decode-job", output, lambda: iter(tasks), len(tasks),

@@ -9,6 +9,7 @@ input and stores the plan under ``_plan/``; every later run reads that plan and 
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -32,8 +33,12 @@ from pipeline.schema import ARCHIVE_VERSION
 from pipeline.stats import RunInfo, encode_stats, format_summary
 from pipeline.storage import Location, redact_uri
 from sprdiff import FORMAT_VERSION
+from sprdiff.model_store import ARCHIVE_STORE, place_in, store_model_source
 
 EncodeStream = Callable[[list[PartTask], EncodeJobConfig, dict], Iterable[dict]]
+# The model is checked by its fingerprint (_store_model), not by the name it was given: a rerun may name
+# the same weights another way (the archive's own _models/<fingerprint>), and a name may now hold others.
+MODEL_BY_FINGERPRINT = ("job_id", "plan_digest", "model")
 RETRYABLE = "read_error"  # a failure that may be transient: the source vanished or could not be read
 
 
@@ -70,7 +75,7 @@ def open_plan(config: EncodeJobConfig, *, lister: Lister | None = None,
     job_path = out.path(JOB_FILE)
     started = out.exists(job_path)
     if started:
-        check_job_file(out, settings)  # refuses other settings before anything else happens
+        check_job_file(out, settings, ignore=MODEL_BY_FINGERPRINT)  # refuses other settings before anything else
     plan = StoredPlan.open(plan_dir)
     request = plan_request(config)
     if plan is not None and not started and {k: v for k, v in plan.info.settings.items() if k != "kind"} != \
@@ -83,12 +88,30 @@ def open_plan(config: EncodeJobConfig, *, lister: Lister | None = None,
             f"{time.monotonic() - t0:.1f} s (digest {plan.info.digest[:12]})")
     job = {**settings, "job_id": new_job_id(), "plan_digest": plan.info.digest, "kind": plan.kind,
            "parts": plan.info.shards, "items": plan.info.items,
-           "model_store": config.model_store or out.uri(out.path("_models"))}
-    job = check_job_file(out, job)
+           "model_store": config.model_store or ARCHIVE_STORE}  # relative: the archive's own, wherever it moves
+    job = check_job_file(out, job, ignore=MODEL_BY_FINGERPRINT)
     if job["plan_digest"] != plan.info.digest:
         raise ValueError(f"{out.uri()}: the stored plan (digest {plan.info.digest[:12]}) is not the one this archive "
                          f"was started with ({job['plan_digest'][:12]}): write to a new --output")
     return plan, job
+
+
+def _store_model(config: EncodeJobConfig, out: Location, job: dict, log: Callable[[str], None]) -> str:
+    """Store the exact weights by fingerprint before the first part (idempotent on a rerun) and pin
+    the fingerprint in ``_job.json``: a rerun whose --model now holds other weights (retrained in
+    place) is refused before it writes anything, instead of mixing two models in one archive."""
+    fingerprint, stored = store_model_source(config.model, place_in(out.uri(), job["model_store"]))
+    recorded = job.get("model_fingerprint")
+    if recorded is not None and recorded != fingerprint:
+        raise ValueError(f"{redact_uri(config.model)} now holds model {fingerprint}, which does not match the "
+                         f"archive's ({recorded}): resume with the archive's own weights "
+                         f"(--model {redact_uri(place_in(out.uri(), job['model_store']))}/{recorded}), or write "
+                         f"to a new --output")
+    if recorded is None:
+        out.write_bytes(out.path(JOB_FILE), json.dumps({**job, "model_fingerprint": fingerprint}, indent=2,
+                                                       sort_keys=True).encode())
+    log(f"encode-job: model {fingerprint[:16]} stored at {redact_uri(stored)}")
+    return fingerprint
 
 
 def plan_tasks(plan: StoredPlan) -> Iterator[PartTask]:
@@ -125,9 +148,11 @@ def run_encode_job(config: EncodeJobConfig, stream: EncodeStream, *, log: Callab
     plan, job = open_plan(config, lister=lister, log=log)
     out = Location.of(config.output)
     output = PartOutput(out, job["job_id"], job["plan_digest"])
+    fingerprint = _store_model(config, out, job, log)
     shared = {"job": "encode", "output": out.uri(), "job_id": job["job_id"], "plan_digest": job["plan_digest"],
-              "model_source": redact_uri(config.model), "input": job["input"] or "", "kind": plan.kind,
-              "fingerprint": None}
+              "model_source": redact_uri(config.model), "model_store": job["model_store"],
+              "input": job["input"] or "", "kind": plan.kind,
+              "fingerprint": fingerprint}  # the part writer refuses records of any other weights
     index = IndexWriter()
 
     def on_done(summary: dict) -> None:

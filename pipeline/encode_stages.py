@@ -123,7 +123,7 @@ class EncodeImages:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["key"])
-        bitstreams = np.full(n, b"", dtype=object)
+        records = np.full(n, b"", dtype=object)
         num_bytes = np.full(n, -1, dtype=np.int64)
         encode_s = np.zeros(n, dtype=np.float64)
         status = batch["status"].copy()
@@ -139,11 +139,11 @@ class EncodeImages:
             except SPRDiffError as e:
                 status[i], error[i] = e.status, str(e)
             else:
-                bitstreams[i], num_bytes[i] = record, len(record)
+                records[i], num_bytes[i] = record, len(record)
                 format_version[i] = read_header(record)[0].version
             encode_s[i] = time.perf_counter() - t0
         out = {k: v for k, v in batch.items() if k != "pixels"}
-        out.update(status=status, error=error, bitstream=bitstreams, num_bytes=num_bytes, encode_s=encode_s,
+        out.update(status=status, error=error, record=records, num_bytes=num_bytes, encode_s=encode_s,
                    model_id=np.full(n, self.model_id, dtype=object),
                    model_fingerprint=np.full(n, self.fingerprint, dtype=object),
                    format_version=format_version)

@@ -41,8 +41,12 @@ def stream_encode(tasks: list[PartTask], config: EncodeJobConfig, shared: dict, 
 
 
 def stream_decode(tasks: list[PartTask], config: DecodeJobConfig, shared: dict, *, loaded=None) -> Iterator[dict]:
+    """``shared["model"]``: an explicit --model, or None (each record's weights by its fingerprint);
+    ``loaded``: a model already in memory, used for the records it wrote."""
     compute = config.compute
-    decoder = DecodeRecords(loaded or shared["model"], device=compute.actor_device, threads=compute.threads_per_actor)
+    decoder = DecodeRecords(shared.get("model"), places=config.model_stores,
+                            loaded=[loaded] if loaded is not None else (), device=compute.actor_device,
+                            threads=compute.threads_per_actor)
     writer = PartWriter(shared, {t.index: t.payload for t in tasks})
     for task in tasks:
         for batch in read_archive_rows(_spec(task)):

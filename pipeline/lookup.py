@@ -25,6 +25,7 @@ from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from pipeline.archive import INDEX_FILE, PARTS_DIR
 from pipeline.inputs.listing import list_pages
+from pipeline.schema import as_current, stored_name
 from pipeline.storage import Location
 
 
@@ -130,23 +131,27 @@ def _key_groups(pf: pq.ParquetFile, keys: list[str]) -> list[int]:
 def read_part(uri: str, *, keys: list[str] | None = None, where: pc.Expression | None = None,
               columns: list[str] | None = None) -> pa.Table:
     """The rows of one part with a key in the sorted ``keys`` and matching ``where``, reading only the row
-    groups that may hold them."""
+    groups that may hold them. Columns have today's names whatever the part's layout (``as_current``)."""
     location = Location.of(uri)
+    if columns is not None:  # today's names as this part spells them (layout 1: bitstream)
+        with location.fs.open(location.root, "rb") as f:
+            names = pq.read_schema(f).names
+        columns = [stored_name(c, names) for c in columns]
     if keys is not None:
         with location.fs.open(location.root, "rb") as f:
             pf = pq.ParquetFile(f)
             groups = _key_groups(pf, keys)
             if not groups:
-                return pf.schema_arrow.empty_table() if columns is None else \
-                    pf.schema_arrow.empty_table().select(columns)
+                empty = pf.schema_arrow.empty_table()
+                return as_current(empty if columns is None else empty.select(columns))
             table = pf.read_row_groups(groups, columns=columns)
         table = table.filter(pc.is_in(table.column("key"), value_set=pa.array(keys, pa.string())))
-        return table.filter(where) if where is not None and table.num_rows else table
+        return as_current(table.filter(where) if where is not None and table.num_rows else table)
     if where is None:
         with location.fs.open(location.root, "rb") as f:
-            return pq.read_table(f, columns=columns)
+            return as_current(pq.read_table(f, columns=columns))
     dataset = ds.dataset(location.root, format="parquet", filesystem=PyFileSystem(FSSpecHandler(location.fs)))
-    return dataset.to_table(columns=columns, filter=where)
+    return as_current(dataset.to_table(columns=columns, filter=where))
 
 
 def find(archive: str, keys: list[str], columns: list[str] | None = None) -> pa.Table:

@@ -84,7 +84,8 @@ class PartWriter:
         if task.get("only_keys") is not None:
             table = _merged(self.out, path, table)
         metadata = {"model_id": _first(table, "model_id"), "model_fingerprint": self.fingerprint or "",
-                    "model_source": self.job.get("model_source", ""), "format_version": str(FORMAT_VERSION),
+                    "model_source": self.job.get("model_source", ""), "model_store": self.job.get("model_store", ""),
+                    "writer_record_version": str(FORMAT_VERSION),  # layout 1 named it format_version
                     "job": json.dumps({"input": self.job.get("input", ""), "input_format": self.job.get("kind", ""),
                                        "shard": name}),
                     **footer_metadata(self.job["job_id"], self.job["plan_digest"], index, table)}

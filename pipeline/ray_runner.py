@@ -210,7 +210,7 @@ def stream_decode(tasks: list[PartTask], config: DecodeJobConfig, shared: dict) 
     compute = config.compute
     check_resources(compute)
     actor = _actor_args(compute)
-    actor["fn_constructor_kwargs"]["model"] = shared["model"]
+    actor["fn_constructor_kwargs"].update(model=shared.get("model"), places=config.model_stores)
     ds = _task_dataset(tasks)
     ds = ds.map_batches(read_archive_rows, num_cpus=compute.io_cpus, compute=_io_pool(compute), batch_format="numpy")
     ds = ds.map_batches(DecodeRecords, **actor)
@@ -289,7 +289,7 @@ def encode_dataset(ds, *, model, image_column: str = "image", key_column: str = 
 def _records(batch: dict[str, np.ndarray], *, record_column: str, key_column: str) -> dict[str, np.ndarray]:
     rows = []
     for i, (key, record) in enumerate(zip(batch[key_column], batch[record_column])):
-        rows.append({"key": str(key), "source_uri": "", "bitstream": bytes(record) if record is not None else b"",
+        rows.append({"key": str(key), "source_uri": "", "record": bytes(record) if record is not None else b"",
                      "encode_status": "ok", "encode_error": "", "_shard": 0, "_item": i, "_shard_rows": 0})
     return rows_to_batch(rows)
 
@@ -304,7 +304,7 @@ def _png_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "height": batch["height"], "png": png}
 
 
-def decode_dataset(ds, *, model, record_column: str = "bitstream", key_column: str = "key",
+def decode_dataset(ds, *, model, record_column: str = "record", key_column: str = "key",
                    compute: ComputeConfig | None = None):
     """A Ray Dataset of records (an archive read with ``ray.data.read_parquet``, say) -> a Ray Dataset of
     ``key``, ``status``, ``error``, ``width``, ``height`` and ``png`` (the decoded image as PNG bytes)."""

@@ -12,8 +12,12 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-ARCHIVE_VERSION = 1  # version of this table layout (the bitstream has its own FORMAT_VERSION)
+ARCHIVE_VERSION = 2  # version of this table layout (each record has its own format version)
+# 1: the record column was named ``bitstream``; the decode manifest had ``bitstream_bytes`` and
+#    ``num_bytes`` (the image file's size). 2: ``record``; ``record_bytes`` and ``image_bytes``.
 SCHEMA_METADATA_KEY = b"sprdiff.schema"
+RENAMED_COLUMNS = {"bitstream": "record"}  # an archive's layout-1 column names -> today's
+RECORD_COLUMN = "record"
 
 
 @dataclass(frozen=True)
@@ -36,13 +40,14 @@ ARCHIVE_COLUMNS: tuple[Column, ...] = (
     Column("error", pa.string(), True, "human-readable message when status is not 'ok', else null"),
     Column("width", pa.int32(), True, "image width in pixels (null when the image could not be read)"),
     Column("height", pa.int32(), True, "image height in pixels (null when the image could not be read)"),
-    Column("bitstream", pa.binary(), True, "the SPRDiff record (null on failure); decode with SPRDiff.decompress"),
-    Column("num_bytes", pa.int64(), True, "len(bitstream) in bytes (null on failure)"),
+    Column("record", pa.binary(), True, "the SPRDiff record, one coded image (null on failure); decode with "
+           "SPRDiff.decompress"),
+    Column("num_bytes", pa.int64(), True, "len(record): the record's length in bytes (null on failure)"),
     Column("bpp", pa.float64(), True, "8 * num_bytes / (width * height): bits per pixel actually written"),
     Column("model_id", pa.string(), False, "id of the model that ran (its config's model_id)"),
     Column("model_fingerprint", pa.string(), False, "hex SHA-256 of the model's weights and config"),
     Column("format_version", pa.int32(), False,
-           "format version of the row's record (1; 2 with a colour map; 3 with an offset grid)"),
+           "format version of the row's record, and only of it (1; 2 with a colour map; 3 with an offset grid)"),
     Column("source_sha256", pa.string(), True, "hex SHA-256 of the input file's bytes (null if unreadable)"),
     Column("source_bytes", pa.int64(), True, "size of the input file in bytes (null if unreadable)"),
     Column("read_s", pa.float64(), False, "seconds spent reading the input bytes"),
@@ -53,17 +58,42 @@ ARCHIVE_COLUMNS: tuple[Column, ...] = (
 MANIFEST_COLUMNS: tuple[Column, ...] = (
     Column("key", pa.string(), False, "the archive row's key"),
     Column("source_uri", pa.string(), False, "URI of the archive file the row came from"),
-    Column("status", pa.string(), False, "'ok', 'not_encoded' (the archive row holds no bitstream), or a "
-           "bitstream error status: corrupt, truncated, model_mismatch, future_version, not_sprdiff"),
+    Column("status", pa.string(), False, "'ok', 'not_encoded' (the archive row holds no record), "
+           "'model_not_found' (no place holds the weights of the record's fingerprint), or a record error "
+           "status: corrupt, truncated, model_mismatch, future_version, not_sprdiff"),
     Column("error", pa.string(), True, "human-readable message when status is not 'ok', else null"),
     Column("output_uri", pa.string(), True, "URI of the image file (or tar member) written; null on failure"),
     Column("width", pa.int32(), True, "decoded width in pixels"),
     Column("height", pa.int32(), True, "decoded height in pixels"),
-    Column("bitstream_bytes", pa.int64(), True, "size of the record decoded"),
-    Column("num_bytes", pa.int64(), True, "size of the image file written"),
+    Column("record_bytes", pa.int64(), True, "length of the record decoded, in bytes"),
+    Column("image_bytes", pa.int64(), True, "size of the image file written, in bytes"),
     Column("decode_s", pa.float64(), False, "seconds spent in SPRDiff.decompress for this record"),
     Column("write_s", pa.float64(), False, "seconds spent encoding and writing the image file"),
 )
+
+
+def archive_version(metadata: dict[bytes, bytes] | None) -> int:
+    """The table layout a Parquet file's key-value metadata declares (1 for files that predate the key)."""
+    described = (metadata or {}).get(SCHEMA_METADATA_KEY)
+    return int(json.loads(described).get("archive_version", 1)) if described else 1
+
+
+def current_names(names: list[str]) -> list[str]:
+    """Column names of any archive layout in today's names (``bitstream`` -> ``record``)."""
+    return [RENAMED_COLUMNS.get(n, n) for n in names]
+
+
+def stored_name(name: str, file_names: list[str]) -> str:
+    """Today's column ``name`` as a file of any layout spells it (``record`` -> ``bitstream`` in layout 1)."""
+    if name in file_names:
+        return name
+    old = {new: old for old, new in RENAMED_COLUMNS.items()}.get(name)
+    return old if old in file_names else name
+
+
+def as_current(table: pa.Table) -> pa.Table:
+    """A table read from an archive of any layout, with today's column names: old archives read forever."""
+    return table.rename_columns(current_names(table.column_names)).replace_schema_metadata(table.schema.metadata)
 
 
 def arrow_schema(columns: tuple[Column, ...], metadata: dict[str, str] | None = None) -> pa.Schema:

@@ -43,8 +43,8 @@ def encode_stats(totals, run: RunInfo) -> dict:
         "failed": totals.rows - ok,
         "bytes_in": totals.sums["source_bytes"],
         "bytes_out": bytes_out,
-        "mean_bpp": totals.sums["bpp_sum"] / ok if ok else None,  # per-image bpp, averaged
-        "aggregate_bpp": 8 * bytes_out / pixels if pixels else None,  # all bits over all pixels
+        "mean_image_bpp": totals.sums["bpp_sum"] / ok if ok else None,  # the mean of each image's bpp
+        "aggregate_bpp": 8 * bytes_out / pixels if pixels else None,  # all record bits over all pixels
         "model_fingerprints": sorted(totals.fingerprints),
         **_run_figures(run),
     }
@@ -61,7 +61,7 @@ def decode_stats(totals, run: RunInfo) -> dict:
         "failed": totals.rows - ok,
         "bytes_in": bytes_in,
         "bytes_out": totals.sums["image_bytes"],
-        "mean_bpp": 8 * bytes_in / pixels if pixels else None,
+        "aggregate_bpp": 8 * bytes_in / pixels if pixels else None,  # all record bits over all pixels
         **_run_figures(run),
     }
 
@@ -77,13 +77,15 @@ def _size(n: int) -> str:
 def format_summary(stats: dict) -> str:
     run = stats["run"]
     counts = ", ".join(f"{k} {v}" for k, v in stats["counts"].items()) or "none"
-    bpp = f"{stats['mean_bpp']:.4f}" if stats["mean_bpp"] is not None else "n/a"
+    bpp = ", ".join(f"{label} {stats[name]:.4f}" for name, label in (("mean_image_bpp", "per-image mean bpp"),
+                                                                       ("aggregate_bpp", "aggregate bpp"))
+                    if stats.get(name) is not None) or "bpp n/a"
     return "\n".join([
         f"{stats['job']}-job summary: {run['input']} -> {run['output']}",
         f"  rows        {stats['rows']} ({counts})",
         f"  parts       {run['shards_written']} written this run, {run['shards_done_before']} already done, "
         f"{run['shards_total']} in all",
-        f"  bytes       in {_size(stats['bytes_in'])}, out {_size(stats['bytes_out'])}, mean bpp {bpp}",
+        f"  bytes       in {_size(stats['bytes_in'])}, out {_size(stats['bytes_out'])}, {bpp}",
         f"  this run    {run['rows_this_run']} images in {run['wall_s']:.1f} s: {stats['images_per_s']:.2f} images/s "
         f"({stats['images_per_s_pipeline']:.2f} images/s after start-up)",
     ])

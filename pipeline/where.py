@@ -29,7 +29,7 @@ _TOKEN = re.compile(r"""\s*(?:(?P<number>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
 _KEYWORDS = {"and", "or", "not", "in", "is", "null", "true", "false"}
 _OPS = {"==": pc.equal, "=": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equal, ">": pc.greater,
         ">=": pc.greater_equal}
-UNFILTERABLE = ("bitstream",)
+UNFILTERABLE = ("record", "bitstream")  # the record column, under today's and layout 1's name
 
 
 class WhereError(ValueError):

@@ -27,10 +27,19 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"preset or shipped model (demo, tiny, sd-turbo), model directory or URI "
-                             f"(default: {DEFAULT_MODEL})")
+def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None = DEFAULT_MODEL) -> None:
+    if default is None:
+        parser.add_argument("--model", default=None,
+                            help="decode every record with this model (preset or shipped name, directory or URI); "
+                                 "default: each record's own weights, found by its fingerprint in --model-store "
+                                 "and the shipped models")
+        parser.add_argument("--model-store", action="append", default=[], metavar="URI",
+                            help="a model store (sprdiff.model_store: <URI>/<fingerprint>/) or model directory to "
+                                 "look in; repeatable")
+    else:
+        parser.add_argument("--model", default=default,
+                            help=f"preset or shipped model (demo, tiny, sd-turbo), model directory or URI "
+                                 f"(default: {default})")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
@@ -49,7 +58,7 @@ def add_codec_commands(subparsers: argparse._SubParsersAction) -> None:
     dec = subparsers.add_parser("decode", help="decode .sprd records to PNG files")
     dec.add_argument("records", nargs="+", help=".sprd files")
     dec.add_argument("-o", "--output", required=True, help="output directory")
-    add_model_arguments(dec)
+    add_model_arguments(dec, default=None)
     dec.set_defaults(run=run_decode)
 
     info = subparsers.add_parser("info", help="print a record's header as JSON")
@@ -105,16 +114,53 @@ def run_encode(args: argparse.Namespace) -> int:
     return _each(args.images, encode_one, stems)
 
 
+class RecordModels:
+    """The weights for each record of ``sprdiff decode``: the one ``--model``, or else found from the
+    record itself among the models in ``--model-store`` places and the shipped ones."""
+
+    FALLBACK = ("demo", "tiny")
+
+    def __init__(self, args: argparse.Namespace):
+        from sprdiff.model_store import ModelCache
+
+        self.device = args.device or default_device()
+        self.model = _load_model(args) if args.model else None
+        self.places = [*args.model_store, *self.FALLBACK]
+        self.cache = ModelCache(self.places, device=self.device)
+        self._candidates: list[str] | None = None
+
+    def candidates(self) -> list[str]:
+        """Every fingerprint the places hold (stores listed; directories and names fingerprinted)."""
+        if self._candidates is None:
+            from sprdiff.model_store import place_fingerprints
+
+            self._candidates = list(dict.fromkeys(fp for place in self.places for fp in place_fingerprints(place)))
+        return self._candidates
+
+    def for_record(self, record: bytes):
+        if self.model is not None:
+            return self.model  # decompress refuses a record of other weights (model_mismatch)
+        from sprdiff.model_store import record_fingerprint
+
+        fingerprint = record_fingerprint(record, self.candidates())
+        if fingerprint is None:
+            tag = bitstream.read_header(record)[0].fingerprint_tag
+            raise SPRDiffError(f"no model in {', '.join(self.places)} wrote this record (its fingerprint starts with "
+                               f"{tag:02x}): pass the store or directory that holds its weights with --model-store",
+                               status="model_not_found")
+        return self.cache.get(fingerprint)
+
+
 def run_decode(args: argparse.Namespace) -> int:
     stems = _unique_stems(args.records)
-    model = _load_model(args)
+    models = RecordModels(args)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
 
     def decode_one(path: str, stem: str) -> str:
         with fsspec.open(path, "rb") as f:
             record = f.read()
-        [pixels] = model.decompress([record])
+        [pixels] = models.for_record(record).decompress([record])
         (out / f"{stem}.png").write_bytes(encode_png(pixels))
         return f"{path} -> {out / (stem + '.png')}: {pixels.shape[1]}x{pixels.shape[0]}"
 

@@ -7,7 +7,6 @@ compressor), T (transform block), D_doe (distortion decoder), x̄ (coarse image)
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +23,7 @@ from sprdiff.decoder import to_uint8_images  # noqa: F401 - part of this module'
 from sprdiff.encoder import EncodeSettings, check_image_array  # noqa: F401
 from sprdiff.entropy import SpaceChannelEntropyModel
 from sprdiff.fusion import Fusion
+from sprdiff.model_store import fingerprint_digest  # one definition of a fingerprint, also used on saved files
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -107,12 +107,7 @@ class SPRDiff(nn.Module):
     def fingerprint_bytes(self) -> bytes:
         """SHA-256 of the config and every weight; records carry it (1-byte tag + keyed CRC)."""
         if self._fingerprint is None:
-            h = hashlib.sha256(self.config.to_json().encode())
-            for name, tensor in sorted(self.state_dict().items()):
-                t = tensor.detach().cpu().contiguous()
-                h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-            self._fingerprint = h.digest()
+            self._fingerprint = fingerprint_digest(self.config.to_json(), self.state_dict().items())
         return self._fingerprint
 
     @property

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
 import fsspec
+from filelock import FileLock
 
 DEFAULT_CACHE = Path.home() / ".cache" / "sprdiff"
 
@@ -47,6 +51,11 @@ def fetch(location: str, cache_dir: Path | None = None) -> Path:
     The cache key covers the URI *and* each object's version (ETag or mtime, and size), so a
     model re-exported to the same URI is fetched again; a partial copy from an interrupted call
     is never reused (it is written under a temporary name first).
+
+    Safe with several processes on one node (the codec actors of one machine all start at once):
+    a file lock (``filelock``, one per cache entry) lets one process download while the others
+    wait and then reuse its copy; and where locks do not hold (some network filesystems), the
+    loser of the final rename takes the winner's complete copy instead of failing (errno 39).
     """
     cache_dir = Path(cache_dir or DEFAULT_CACHE)
     fs, root = fsspec.core.url_to_fs(location)
@@ -58,17 +67,32 @@ def fetch(location: str, cache_dir: Path | None = None) -> Path:
     for path in sorted(listing):
         key.update(f"\n{path}={_version(listing[path])}".encode())
     target = cache_dir / key.hexdigest()[:24]
-    if target.exists():
+    if target.is_dir():
         return target
-    tmp = target.with_name(target.name + f".part{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for remote in listing:
-        rel = remote[len(root.rstrip("/")) + 1:] if is_dir else Path(root).name
-        dest = tmp / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fs.get_file(remote, str(dest))
-    os.replace(tmp, target)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if target.is_dir():  # another process fetched it while this one waited
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.part", dir=cache_dir))
+        try:
+            for remote in listing:
+                rel = remote[len(root.rstrip("/")) + 1:] if is_dir else Path(root).name
+                dest = tmp / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(remote, str(dest))
+            _publish(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Rename a complete copy into place; if another process got there first, keep its copy."""
+    try:
+        os.rename(tmp, target)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not target.is_dir():
+            raise
 
 
 def resolve(source: str, cache_dir: Path | None = None) -> tuple[str, str | None]:

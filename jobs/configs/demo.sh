@@ -42,5 +42,7 @@ done
 
 rm -rf sprdiff/pretrained/demo
 mkdir -p sprdiff/pretrained
-cp -r "$RUN/$previous/model" sprdiff/pretrained/demo
+# OUTPUT/model is a pointer (pipeline/training/export.py): copy the stored weights it names
+latest=$(.venv/bin/python -c "from sprdiff.model_pointer import read_pointer; print(read_pointer('$RUN/$previous/model').target)")
+cp -r "$latest" sprdiff/pretrained/demo
 echo "demo model written to sprdiff/pretrained/demo; evaluate it with: bash jobs/configs/demo_eval.sh"

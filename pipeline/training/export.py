@@ -1,15 +1,39 @@
-"""Turn a trained model into a ``save_pretrained`` directory the encode/decode jobs load as is."""
+"""Turn a trained model into stored weights the encode/decode jobs load, without overwriting any.
+
+Export writes the weights once under their fingerprint and moves a pointer to them::
+
+    OUTPUT/models/<fingerprint>/{config.json,model.safetensors,README.md}   never overwritten
+    OUTPUT/model/pointer.json                                               -> ../models/<fingerprint>
+
+``--model OUTPUT/model`` keeps meaning "the latest export" (``from_pretrained`` follows the pointer
+and checks the fingerprint), while every earlier export's files stay byte for byte where they
+were, so archives encoded with them keep decoding after a retrain.
+"""
 
 from __future__ import annotations
+
+import json
 
 import torch
 
 from sprdiff import SPRDiff
+from sprdiff.model_card import ModelCard
+from sprdiff.model_pointer import write_pointer
+from sprdiff.model_store import store_model
+
+MODELS_DIR = "models"  # OUTPUT/models/<fingerprint>/: every export of a run, by fingerprint
+POINTER_DIR = "model"  # OUTPUT/model: a pointer to the latest export
+
+
+def _join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *parts])
 
 
 @torch.no_grad()
-def export_model(model: SPRDiff, destination: str, rate_id: int | None = None) -> str:
-    """Recompute the entropy tables, stamp the rate id, write ``config.json`` + weights.
+def export_model(model: SPRDiff, output_uri: str, rate_id: int | None = None, *, parent: str | None = None,
+                 training_data: str | None = None, steps: int | None = None, config: dict | None = None) -> str:
+    """Recompute the entropy tables, stamp the rate id, store the weights under
+    ``<output_uri>/models/<fingerprint>/`` with a model card and point ``<output_uri>/model`` at them.
 
     Returns the new model fingerprint (what every record it encodes will carry).
     """
@@ -18,5 +42,10 @@ def export_model(model: SPRDiff, destination: str, rate_id: int | None = None) -
     if rate_id is not None:
         model.config = model.config.replace(rate_id=rate_id)
     model.invalidate_fingerprint()
-    model.save_pretrained(destination)
-    return model.fingerprint
+    fingerprint = model.fingerprint
+    card = ModelCard(model_id=model.config.model_id, fingerprint=fingerprint, parent=parent,
+                     training_data=training_data, steps=steps,
+                     config=config if config is not None else json.loads(model.config.to_json()))
+    store_model(model, _join(output_uri, MODELS_DIR), card=card)
+    write_pointer(_join(output_uri, POINTER_DIR), f"../{MODELS_DIR}/{fingerprint}", fingerprint)
+    return fingerprint

@@ -5,7 +5,8 @@ Output layout under the run's output URI (local path or any fsspec URI):
     checkpoints/step-000010/{tensors.safetensors,state.json}   every ``checkpoint_every`` steps
     checkpoints/checkpoint_manager_snapshot.json             Ray Train's index of complete checkpoints
     metrics.jsonl                                             one line per step (rank 0)
-    model/                                                    the exported ``save_pretrained`` model
+    models/<fingerprint>/                                     each exported model, never overwritten
+    model/pointer.json                                        points at the latest export (``training.export``)
 
 Ray Train's storage *is* the output URI (``RunConfig(storage_path, storage_filesystem)``), so
 its checkpoint bookkeeping gives resume for free: a checkpoint is listed in the snapshot only
@@ -167,9 +168,10 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
     if metrics is not None:
         metrics.close()
     if rank == 0:
-        destination = output_path(spec.output_uri, MODEL_DIR)
-        fingerprint = export_model(trainer.exportable(), destination, trainer.rate_id)
-        say(f"exported the model at step {trainer.step} to {destination} (fingerprint {fingerprint[:16]})")
+        fingerprint = export_model(trainer.exportable(), spec.output_uri, trainer.rate_id, parent=spec.model,
+                                   training_data=spec.data_uri, steps=trainer.step, config=spec.config)
+        say(f"exported the model at step {trainer.step} to {output_path(spec.output_uri, 'models', fingerprint)} "
+            f"(fingerprint {fingerprint[:16]}); {output_path(spec.output_uri, MODEL_DIR)} points at it")
 
 
 def make_trainer(model: SPRDiff, config: TrainConfig, stage: int, lambda_rate: float,

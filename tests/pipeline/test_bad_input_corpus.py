@@ -55,9 +55,9 @@ def _check_rows(rows: dict[str, dict], expected: dict[str, str], stats: dict) ->
     assert got == expected, {k: (got[k], expected[k], rows[k]["error"]) for k in expected if got[k] != expected[k]}
     for key, row in rows.items():
         if row["status"] == "ok":
-            assert row["error"] is None and row["bitstream"], key
+            assert row["error"] is None and row["record"], key
         else:
-            assert row["error"] and row["bitstream"] is None, key
+            assert row["error"] and row["record"] is None, key
     assert stats["counts"] == dict(collections.Counter(expected.values()))
     assert stats["rows"] == len(expected)
 
@@ -80,7 +80,7 @@ def test_image_files(ray_two_cpus, s3_bucket, good, tiny_model):
         if case.shape is not None:
             assert pixels.shape[:2] == case.shape, key
         assert (row["height"], row["width"]) == pixels.shape[:2], key
-        assert row["bitstream"] == tiny_model.compress([pixels])[0], key
+        assert row["record"] == tiny_model.compress([pixels])[0], key
     rotated = rows["exif-rotated.jpg"]
     assert (rotated["width"], rotated["height"]) == (32, 16)  # stored 16 wide, 32 high: the tag was applied
     assert "81,000,000 pixels exceeds the limit" in rows["bomb-81mp"]["error"]
@@ -95,7 +95,7 @@ def test_webdataset_shards(ray_two_cpus, s3_bucket, good, tiny_model):
     _check_rows(rows, {k: v for s in shards for k, v in s.rows.items()}, stats)
     for shard in shards:
         for key, pixels in (shard.pixels or {}).items():
-            assert rows[key]["bitstream"] == tiny_model.compress([pixels])[0], key
+            assert rows[key]["record"] == tiny_model.compress([pixels])[0], key
         for key, status in shard.rows.items():
             if key == shard.name.removesuffix(".tar"):  # the shard's own row: what broke, and where
                 assert status == "read_error" and rows[key]["source_uri"].endswith(shard.name)
@@ -112,7 +112,7 @@ def test_parquet_tables(ray_two_cpus, s3_bucket, good, tiny_model):
     rows = read_archive(f"{s3_bucket}/tables-archive")
     _check_rows(rows, {k: v for t in tables for k, v in t.rows.items()}, stats)
     for key, pixels in tables[0].pixels.items():
-        assert rows[key]["bitstream"] == tiny_model.compress([pixels])[0], key
+        assert rows[key]["record"] == tiny_model.compress([pixels])[0], key
     for table in tables[1:]:  # every message names the problem and the file
         for key in table.rows:
             assert table.name in rows[key]["error"], rows[key]["error"]

@@ -62,7 +62,7 @@ def test_encode_and_decode_jobs_over_s3(ray_two_cpus, s3_photos, bucket, small_i
     assert sprdiff_cli(["encode", *sorted(map(str, local.iterdir())), "-o", str(tmp_path / "sprd"),
                         "--model", "tiny"]) == 0
     for key in small_images:
-        assert rows[key]["bitstream"] == (tmp_path / "sprd" / f"{key}.sprd").read_bytes(), key
+        assert rows[key]["record"] == (tmp_path / "sprd" / f"{key}.sprd").read_bytes(), key
         assert rows[key]["source_uri"] == f"s3://{bucket}/photos/{key}.png"
 
     decoded = f"s3://{bucket}/decoded"
@@ -74,7 +74,7 @@ def test_encode_and_decode_jobs_over_s3(ray_two_cpus, s3_photos, bucket, small_i
     for key in ("img-00", "img-03"):
         with s3.open(f"{bucket}/decoded/{key}.png", "rb") as f:
             got = np.asarray(Image.open(f))
-        [want] = tiny_model.decompress([rows[key]["bitstream"]])
+        [want] = tiny_model.decompress([rows[key]["record"]])
         # the actor runs torch with 1 thread, this process with 2: synthesis may differ in the last bit
         assert got.shape == want.shape and np.abs(got.astype(int) - want).max() <= 1
     manifest = pq.read_table(f"{bucket}/decoded/_manifest", filesystem=s3)
@@ -112,7 +112,7 @@ def test_webdataset_input_from_s3(ray_two_cpus, bucket, small_images, tiny_model
     for key, pixels in images[:7]:
         shard = "train-000000" if key in dict(images[:4]) else "train-000001"
         row = rows[f"{shard}/{key}"]
-        assert row["bitstream"] == tiny_model.compress([pixels])[0]
+        assert row["record"] == tiny_model.compress([pixels])[0]
         assert row["source_uri"] == f"s3://{bucket}/wds/{shard}.tar"
 
 
@@ -126,7 +126,7 @@ def test_parquet_input_from_s3(ray_two_cpus, bucket, small_images, tiny_model):
     assert stats["counts"] == {"ok": 8, "not_image": 1} and stats["run"]["shards_written"] == 3
     rows = read_archive(archive)
     for key, pixels in images[:8]:
-        assert rows[f"batch/{key}"]["bitstream"] == tiny_model.compress([pixels])[0]
+        assert rows[f"batch/{key}"]["record"] == tiny_model.compress([pixels])[0]
 
 
 def test_an_actor_pool_that_would_starve_the_readers_is_refused(ray_two_cpus):

@@ -132,7 +132,7 @@ def _check_exactly_once(archive: str, images: dict[str, np.ndarray], tiny_model,
     rows = {r["key"]: r for r in table.to_pylist()}
     assert rows["zz-broken"]["status"] in ("truncated", "unreadable", "not_image")
     for key, pixels in images.items():  # identical to an undisturbed encode
-        assert rows[key]["bitstream"] == tiny_model.compress([pixels])[0], key
+        assert rows[key]["record"] == tiny_model.compress([pixels])[0], key
     stats = json.loads(s3.cat_file(archive.removeprefix("s3://") + "/_stats.json"))
     assert stats["rows"] == len(images) + 1
     return stats

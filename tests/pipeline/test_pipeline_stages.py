@@ -86,7 +86,7 @@ def test_row_groups_stay_small(monkeypatch):
     monkeypatch.setattr(archive, "MAX_ROW_GROUP_ROWS", 4)
     rows = {c.name: [None] * 10 for c in ARCHIVE_COLUMNS}
     rows |= {"key": [f"k{i}" for i in range(10)], "source_uri": ["x"] * 10, "status": ["ok"] * 10,
-             "bitstream": [bytes(400)] * 10, "model_id": ["m"] * 10, "model_fingerprint": ["f"] * 10,
+             "record": [bytes(400)] * 10, "model_id": ["m"] * 10, "model_fingerprint": ["f"] * 10,
              "format_version": [1] * 10, "read_s": [0.0] * 10, "decode_s": [0.0] * 10, "encode_s": [0.0] * 10}
     table = pa.table(rows, schema=pa.schema([c.field() for c in ARCHIVE_COLUMNS]))
     f = pq.ParquetFile(io.BytesIO(archive.parquet_bytes(table, ARCHIVE_COLUMNS, {"model_id": "m"})))
@@ -121,8 +121,9 @@ def encode_local(tiny_model):
 def test_local_encode_job_archive_contract(photo_folder, tmp_path, small_images, bad_files, tiny_model, encode_local):
     out = tmp_path / "archive"
     stats = encode_local(photo_folder, out)
-    assert sorted(p.name for p in out.iterdir()) == ["_index", "_job.json", "_parts", "_plan", "_stats.json",
+    assert sorted(p.name for p in out.iterdir()) == ["_index", "_job.json", "_models", "_parts", "_plan", "_stats.json",
                                                      "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert [p.name for p in (out / "_models").iterdir()] == [tiny_model.fingerprint]
     table = pq.read_table(out)
     for n in range(3):  # each part sorted by key, its footer and sidecar naming this job, plan and key range
         part = pq.read_table(out / f"part-0000{n}.parquet")
@@ -146,13 +147,13 @@ def test_local_encode_job_archive_contract(photo_folder, tmp_path, small_images,
     for key in list(small_images)[:5]:
         r = rows[key]
         [record] = tiny_model.compress([small_images[key]])
-        assert r["bitstream"] == record and r["num_bytes"] == len(record)
+        assert r["record"] == record and r["num_bytes"] == len(record)
         assert r["bpp"] == pytest.approx(8 * len(record) / (r["width"] * r["height"]))
         assert r["model_fingerprint"] == tiny_model.fingerprint and r["error"] is None
         # the tiny model's colours are far off: every record carries a map, some an offset grid too
         assert r["format_version"] == read_header(record)[0].version >= 2
     for key in ("zero", "cut", "text", "big"):
-        assert rows[key]["bitstream"] is None and rows[key]["error"]
+        assert rows[key]["record"] is None and rows[key]["error"]
     assert rows["zero"]["source_bytes"] == 0 and rows["big"]["width"] is None
     assert stats["counts"] == {"ok": 5, "empty": 1, "not_image": 1, "too_large": 1, "truncated": 1}
     assert stats["rows"] == 9 and stats["bytes_out"] == sum(r["num_bytes"] or 0 for r in rows.values())
@@ -176,7 +177,7 @@ def test_encode_job_without_colour_correction_writes_version_1_records(photo_fol
     assert len(rows) == 5
     for key, r in rows.items():
         [record] = tiny_model.compress([small_images[key]], colour_correction=False)
-        assert r["bitstream"] == record and r["format_version"] == read_header(record)[0].version == 4
+        assert r["record"] == record and r["format_version"] == read_header(record)[0].version == 4
 
 
 def _rows_without_timings(out) -> dict[str, dict]:
@@ -265,7 +266,7 @@ def test_decode_job_never_writes_outside_its_output(tmp_path, small_images, tiny
     keys = ["../escape", "/abs/olute", "nul\x00byte", "deep/../../x", "é" * 300, "ok/name"]
     [record] = tiny_model.compress([small_images["img-00"]])
     n = len(keys)
-    table = pa.table({"key": keys, "bitstream": [record] * n, "status": ["ok"] * n})
+    table = pa.table({"key": keys, "record": [record] * n, "status": ["ok"] * n})
     archive_dir = tmp_path / "in"
     archive_dir.mkdir()
     pq.write_table(table, archive_dir / "hostile.parquet")

@@ -13,6 +13,7 @@ from pipeline.training.export import export_model
 from pipeline.training.losses import VGGFeatures, estimated_bpp
 from pipeline.training.stage import AUX_PARAMETER_SUFFIX, StageTrainer
 from sprdiff import SPRDiff
+from sprdiff.model_card import read_model_card
 
 PRETRAINED = ("vae.", "unet.", "dino.", "distortion.")
 
@@ -178,15 +179,35 @@ def test_export_gives_a_model_the_codec_loads(tmp_path, train_config, sample_ima
     trainer = StageTrainer(SPRDiff.from_pretrained("tiny"), train_config, stage=2, lambda_rate=4)
     trainer.set_train_mode()
     trainer.train_step(random_batches(1)[0])
-    fingerprint = export_model(trainer.model, str(tmp_path / "model"), rate_id=1)
-    loaded = SPRDiff.from_pretrained(str(tmp_path / "model"))
+    fingerprint = export_model(trainer.model, str(tmp_path), rate_id=1, parent="tiny", steps=1)
+    loaded = SPRDiff.from_pretrained(str(tmp_path / "model"))  # the pointer to the latest export
     assert loaded.fingerprint == fingerprint != SPRDiff.from_pretrained("tiny").fingerprint
     assert loaded.config.rate_id == 1
+    card = read_model_card(str(tmp_path / "models" / fingerprint))
+    assert (card.fingerprint, card.parent, card.steps) == (fingerprint, "tiny", 1)
     image = sample_images["chelsea"][:100, :120]
     [record] = loaded.compress([image])
     [decoded] = loaded.decompress([record])
     assert decoded.shape == image.shape
     assert trainer.model.compress([image]) == [record]  # the tables were saved, not recomputed differently
+
+
+def test_a_second_export_leaves_the_first_models_files_untouched(tmp_path, train_config, sample_images):
+    trainer = StageTrainer(SPRDiff.from_pretrained("tiny"), train_config, stage=2, lambda_rate=4)
+    trainer.set_train_mode()
+    trainer.train_step(random_batches(1)[0])
+    first = export_model(trainer.model, str(tmp_path))
+    files = {p.name: p.read_bytes() for p in (tmp_path / "models" / first).iterdir()}
+    [record] = SPRDiff.from_pretrained(str(tmp_path / "model")).compress([sample_images["chelsea"][:64, :64]])
+
+    trainer.set_train_mode()
+    trainer.train_step(random_batches(1)[0])  # a retrain: other weights, exported to the same output
+    second = export_model(trainer.model, str(tmp_path))
+    assert second != first
+    assert {p.name: p.read_bytes() for p in (tmp_path / "models" / first).iterdir()} == files
+    assert SPRDiff.from_pretrained(str(tmp_path / "model")).fingerprint == second
+    [decoded] = SPRDiff.from_pretrained(str(tmp_path / "models" / first)).decompress([record])
+    assert decoded.shape == (64, 64, 3)
 
 
 def test_estimated_bpp_counts_bits_of_all_latents():
