@@ -185,7 +185,7 @@ def lookup(rows: int, folder: Path) -> dict:
     fsspec.register_implementation("counted", Counting, clobber=True)
     wanted = [f"corpus/{i // 10_000:05d}/img-{i:010d}" for i in (17, rows // 2, rows - 1)]
     t0 = time.perf_counter()
-    found = find(f"counted://{folder}", wanted, columns=["key", "bitstream"])
+    found = find(f"counted://{folder}", wanted, columns=["key", "record"])
     return {"rows": rows, "parts": len(index), "archive_bytes": total, "bytes_read": counted["bytes"],
             "files_opened": sorted(counted["opens"]), "found": found.num_rows, "seconds": time.perf_counter() - t0}
 
