@@ -61,7 +61,8 @@ def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
 
 def image_tensor(image: np.ndarray, device: torch.device | str) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32 in [0, 1] on ``device``."""
-    return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float() / 255.0
+    # copies only a read-only or strided array (torch cannot wrap a read-only one without a warning)
+    return torch.from_numpy(np.require(image, requirements=["C", "W"])).to(device).permute(2, 0, 1).float() / 255.0
 
 
 def pad(image: np.ndarray, multiple: int, device: torch.device | str) -> torch.Tensor:

@@ -155,7 +155,7 @@ def test_retry_errors_heals_a_restored_source_in_place(corpus, tmp_path, small_i
     assert sorted(keys) == sorted(set(keys)) == sorted(rows)  # every key exactly once
     row = {r["key"]: r for r in table.to_pylist()}["img-03"]
     [record] = tiny_model.compress([small_images["img-03"]], colour_correction=False)
-    assert (row["status"], row["error"], row["bitstream"]) == ("ok", None, record)
+    assert (row["status"], row["error"], row["record"]) == ("ok", None, record)
     part = pq.read_table(out / "part-00001.parquet")
     assert part.column("key").to_pylist() == ["img-02", "img-03"]
     sidecar = json.loads((out / "_parts" / "part-00001.json").read_text())

@@ -148,12 +148,12 @@ def test_encode_and_decode_datasets_inside_a_users_own_pipeline(ray_two_cpus, sm
     rows = {r["key"]: r for r in pipeline.encode_dataset(ds, model="tiny", compute=COMPUTE).take_all()}
     assert {k: r["status"] for k, r in rows.items()} == {**{k: "ok" for k in images}, "broken": "not_image"}
     for key, pixels in images.items():
-        assert rows[key]["bitstream"] == tiny_model.compress([pixels])[0]
-        assert rows[key]["bpp"] == pytest.approx(8 * len(rows[key]["bitstream"]) / pixels.shape[0] / pixels.shape[1])
-    records = ray.data.from_items([{"key": k, "bitstream": r["bitstream"]} for k, r in rows.items() if k != "broken"])
+        assert rows[key]["record"] == tiny_model.compress([pixels])[0]
+        assert rows[key]["bpp"] == pytest.approx(8 * len(rows[key]["record"]) / pixels.shape[0] / pixels.shape[1])
+    records = ray.data.from_items([{"key": k, "record": r["record"]} for k, r in rows.items() if k != "broken"])
     decoded = {r["key"]: r for r in pipeline.decode_dataset(records, model="tiny", compute=COMPUTE).take_all()}
     for key in images:
-        [want] = tiny_model.decompress([rows[key]["bitstream"]])
+        [want] = tiny_model.decompress([rows[key]["record"]])
         got = np.asarray(Image.open(io.BytesIO(decoded[key]["png"])))
         assert decoded[key]["status"] == "ok" and got.shape == want.shape
         assert np.abs(got.astype(int) - want).max() <= 1  # 1 torch thread in the actor, 2 here

@@ -102,7 +102,8 @@ def _start_and_wait_for_a_part(command: list[str], log_path, archive: str) -> tu
 
 
 ARCHIVE_FILE = re.compile(r"^(part-\d{5}\.parquet|_parts/part-\d{5}\.json|_plan/(plan\.json|shards\.parquet|"
-                          r"items-\d{5}\.parquet)|_index/parts\.parquet|_job\.json|_stats\.json)$")
+                          r"items-\d{5}\.parquet)|_index/parts\.parquet|_job\.json|_stats\.json|"
+                          r"_models/[0-9a-f]{64}/(config\.json|model\.safetensors|README\.md))$")
 
 
 def _check_only_whole_files(s3: s3fs.S3FileSystem, archive: str) -> None:

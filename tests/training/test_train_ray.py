@@ -18,6 +18,7 @@ from jobs.cli import main
 from pipeline.shards import make_shards
 from pipeline.training.checkpoint import STATE_NAME, TENSORS_NAME, read_checkpoint
 from sprdiff import SPRDiff
+from sprdiff.model_pointer import read_pointer
 
 STEP_KEYS = {"step", "loss", "mse_x_hat", "perceptual", "mse_x_bar", "bpp", "aux_loss", "lr", "samples_per_s"}
 
@@ -109,7 +110,9 @@ def test_stage2_from_stage1_on_local_disk(stage2_output):
     assert all({"adversarial", "d_loss"} <= set(m) and m["lambda_rate"] == 4 and m["lr"] == 5e-5 for m in metrics)
     state = read_checkpoint(stage2_output / "checkpoints" / "step-000002")
     assert state["trainer"]["stage"] == 2 and state["trainer"]["discriminator"]
-    config = json.loads((stage2_output / "model" / "config.json").read_text())
+    pointer = read_pointer(str(stage2_output / "model"))  # export moves the pointer to weights stored once
+    assert pointer is not None and pointer.target == str(stage2_output / "models" / pointer.fingerprint)
+    config = json.loads((Path(pointer.target) / "config.json").read_text())
     assert config["rate_id"] == 1  # λ_b = 4 is the second rate point
 
 

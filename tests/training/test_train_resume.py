@@ -16,6 +16,7 @@ import pytest
 from process_tree import descendants, kill_tree
 
 from pipeline.training.checkpoint import read_checkpoint
+from sprdiff.model_pointer import read_pointer
 
 REPO = Path(__file__).resolve().parents[2]
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train lists a checkpoint here once it is complete
@@ -73,4 +74,5 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, local_shards, fas
     assert final["step"] == total
     assert final["scheduler"]["last_epoch"] == total  # scheduler state carried over, not restarted
     assert int(final["optimizer"]["state"][0]["step"]) == total  # so was Adam's step count
-    assert (output / "model" / "model.safetensors").is_file()
+    pointer = read_pointer(str(output / "model"))
+    assert pointer is not None and (Path(pointer.target) / "model.safetensors").is_file()
