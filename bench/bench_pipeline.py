@@ -1,6 +1,7 @@
 """Pipeline efficiency: the Ray Data jobs against a plain in-process loop, same images, same preset.
 
     .venv/bin/python bench/bench_pipeline.py [--images 96] [--size 512] [--model tiny] [--actors 1] [--threads 1]
+                                             [--no-side-information]
 
 Prints, side by side from one run: images/s of ``encode-job`` vs a loop (read file -> load_image
 -> compress -> one Parquet file), their ratio (pipeline efficiency), and the same for
@@ -11,7 +12,10 @@ shows the job scaling out; ``--threads`` sets torch threads in the loop and in e
 shared, busy machine multi-threaded torch loses most of its speed, see pipeline/config.py). The
 job's time counts everything from the call to the summary (listing, actor start-up, model load
 in the actor, writing); the loop's counts its model load too. Starting Ray itself (once per
-command, reusable with --address) is printed separately.
+command, reusable with --address) is printed separately, and each job's time is split into its
+phases: before the dataset starts (plan, model store, checks), start-up to the first part written
+(Ray Data operators, worker and actor start, imports, model load, the first part's images),
+streaming, and the end (stats, index).
 
 glibc's malloc thresholds are raised for both arms (see RAY_NOTES): the script re-executes
 itself with them set if they are missing.
@@ -56,7 +60,7 @@ def make_images(folder: Path, count: int, size: int) -> list[Path]:
     return paths
 
 
-def loop_encode(paths: list[Path], model_name: str, out: Path) -> tuple[float, float]:
+def loop_encode(paths: list[Path], model_name: str, out: Path, side: bool) -> tuple[float, float]:
     """The plain loop; returns (wall seconds, mean seconds in compress per image)."""
     from sprdiff import SPRDiff, load_image
 
@@ -66,7 +70,7 @@ def loop_encode(paths: list[Path], model_name: str, out: Path) -> tuple[float, f
     for path in paths:
         pixels = load_image(path.read_bytes())
         c0 = time.perf_counter()
-        [record] = model.compress([pixels])
+        [record] = model.compress([pixels], colour_correction=side)
         codec += time.perf_counter() - c0
         keys.append(path.stem)
         records.append(record)
@@ -94,6 +98,17 @@ def loop_decode(archive: Path, model_name: str, out: Path) -> tuple[float, float
     return time.perf_counter() - t0, codec / max(1, n), n
 
 
+def marked(stream, marks: dict, start: float):
+    """``stream`` noting, in seconds since ``start``, when it was first called, its first summary and its last."""
+    def run(*args, **kwargs):
+        marks.setdefault("submit", time.perf_counter() - start)
+        for summary in stream(*args, **kwargs):
+            marks.setdefault("first", time.perf_counter() - start)
+            marks["last"] = time.perf_counter() - start
+            yield summary
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=96)
@@ -103,6 +118,7 @@ def main() -> None:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--shard-size", type=int, default=8, help="rows per archive part (default: 8)")
     parser.add_argument("--work-dir", default=None, help="default: a temporary directory")
+    parser.add_argument("--no-side-information", action="store_true", help="encode without colour map and offset grid")
     args = parser.parse_args()
 
     import torch
@@ -121,19 +137,23 @@ def main() -> None:
           f"torch {torch.get_num_threads()} threads; job: {compute.actors} actors x {compute.actor_threads} torch "
           f"threads, shards of {args.shard_size}; load average before: {os.getloadavg()[0]:.1f}")
 
-    loop_enc_s, enc_codec = loop_encode(paths, args.model, work / "loop-archive.parquet")
+    side = not args.no_side_information
+    loop_enc_s, enc_codec = loop_encode(paths, args.model, work / "loop-archive.parquet", side)
+    enc_marks, dec_marks = {}, {}
     t0 = time.perf_counter()
     with ray_runner.ray_session(num_cpus=ray_runner.embedded_cpus(compute)):
         ray_start = time.perf_counter() - t0
         t0 = time.perf_counter()
         enc = run_encode_job(EncodeJobConfig(input=str(work / "photos"), output=str(work / "archive"),
-                                             model=args.model, rows_per_part=args.shard_size, compute=compute),
-                             ray_runner.stream_encode, log=lambda _: None)
+                                             model=args.model, rows_per_part=args.shard_size, compute=compute,
+                                             colour_correction=side),
+                             marked(ray_runner.stream_encode, enc_marks, t0), log=lambda _: None)
         job_enc_s = time.perf_counter() - t0
         loop_dec_s, dec_codec, n_dec = loop_decode(work / "archive", args.model, work / "loop-decoded")
         t0 = time.perf_counter()
         dec = run_decode_job(DecodeJobConfig(input=str(work / "archive"), output=str(work / "decoded"),
-                                             compute=compute), ray_runner.stream_decode, log=lambda _: None)
+                                             compute=compute), marked(ray_runner.stream_decode, dec_marks, t0),
+                             log=lambda _: None)
         job_dec_s = time.perf_counter() - t0
     assert enc["counts"] == {"ok": args.images} and dec["counts"] == {"ok": args.images} and n_dec == args.images
     loop_records = pq.read_table(work / "loop-archive.parquet").column("record").to_pylist()
@@ -157,6 +177,10 @@ def main() -> None:
         print(f"{name}-job: {fixed:.1f} s not spent in the codec (actor start-up: imports and model load, "
               f"first and last shard); at this fixed cost the ratio reaches 0.90 from about "
               f"{9 * fixed / job_codec * args.actors:.0f} images")
+    print("job phases, s: before the dataset | start-up to the first part | streaming | end")
+    for name, marks, job_s in (("encode", enc_marks, job_enc_s), ("decode", dec_marks, job_dec_s)):
+        print(f"{name}-job: {marks['submit']:.1f} | {marks['first'] - marks['submit']:.1f} | "
+              f"{marks['last'] - marks['first']:.1f} | {job_s - marks['last']:.1f}")
     print(f"work dir: {work}; load average after: {os.getloadavg()[0]:.1f}")
 
 

@@ -47,8 +47,18 @@ def _add_compute_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads-per-actor", type=int, default=None,
                        help="torch threads per codec actor (default: one per reserved CPU)")
     group.add_argument("--batch-size", type=int, default=None,
-                       help="images per codec call (default: whatever block arrives on CPU, 16 with GPUs)")
+                       help="images of one padded size per codec call, grouped within a part in a fixed order "
+                            "(default: 1 on CPU, 16 with GPUs); see the determinism contract in docs/codec.md")
     group.add_argument("--device", default=None, help="torch device of the actors (default: cuda with GPUs, else cpu)")
+    group.add_argument("--precision", choices=("fp32", "bf16"), default=None,  # sprdiff.precision.PRECISIONS
+                       help="of the neural stages (the entropy path is always exact): default bf16 on a CUDA "
+                            "device that runs it, else fp32")
+    group.add_argument("--tile-size", type=int, default=None, metavar="PX",
+                       help="images with a padded side above PX run on overlapping tiles, bounding memory "
+                            "(a multiple of 64; default: 2048, sprdiff.tiling; 0: never tile). Any tile size "
+                            "decodes any record")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the UNet and VAE decoder in each actor (long GPU jobs)")
     group.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: this machine's)")
     group.add_argument("--ray-temp-dir", default=None, help="temp dir of the local Ray (default: a new one in /tmp)")
 
@@ -150,7 +160,9 @@ def _compute(args: argparse.Namespace):
     fewest = max(1, fewest or 1)
     return ComputeConfig(actors=fewest, max_actors=most, gpus_per_actor=args.gpus_per_actor,
                          cpus_per_actor=args.cpus_per_actor, threads_per_actor=args.threads_per_actor,
-                         batch_size=args.batch_size, device=args.device, io_tasks=args.io_tasks)
+                         batch_size=args.batch_size, device=args.device, io_tasks=args.io_tasks,
+                         precision=args.precision, compile=args.compile,
+                         **({"tile_size": args.tile_size or None} if args.tile_size is not None else {}))
 
 
 def read_keys(value: str) -> frozenset[str]:

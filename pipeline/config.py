@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.codec_runtime import CodecRuntime
 from pipeline.decode_stages import OUTPUT_FORMATS
 from pipeline.inputs import INPUT_FORMATS
 from pipeline.where import parse_where
 from sprdiff.images import DEFAULT_MAX_PIXELS
+from sprdiff.run_settings import DEFAULT_TILE_SIZE
+
+GPU_DEFAULT_BATCH_SIZE = 16  # images per codec call with GPUs, unless --batch-size says otherwise
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,10 @@ class ComputeConfig:
     threads_per_actor: int | None = None  # torch intra-op threads; None: one per CPU of the actor (Ray's
     # OMP_NUM_THREADS for it). More threads than reserved CPUs contend with the reading tasks: on a busy
     # core torch's OpenMP threads wait for each other, measured 1.5-25x slower on the 2-core machine.
-    batch_size: int | None = None  # images per codec call; None: whatever block arrives
+    batch_size: int | None = None  # images per codec call; None: 1 on CPU, GPU_DEFAULT_BATCH_SIZE with GPUs
+    precision: str | None = None  # of the neural stages: fp32 | bf16; None: bf16 on CUDA that runs it, else fp32
+    tile_size: int | None = DEFAULT_TILE_SIZE  # px; larger images run on overlapping tiles; None: never
+    compile: bool = False  # torch.compile the UNet and VAE decoder in each actor
     device: str | None = None  # None: cuda when gpus_per_actor > 0, else cpu
     io_cpus: float = 0.5  # CPUs reserved per reading/decoding (and image-writing) task
     io_tasks: int | None = None  # most reading (and writing) tasks at once; None: one per actor. Each new
@@ -39,6 +46,14 @@ class ComputeConfig:
             raise ValueError(f"io tasks must be >= 1, got {self.io_tasks}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        self.codec  # noqa: B018 (checks precision and tile size as the config is made, before any work)
+
+    @property
+    def codec(self) -> CodecRuntime:
+        """What each codec actor runs with (``pipeline.codec_runtime``)."""
+        batch = self.batch_size or (GPU_DEFAULT_BATCH_SIZE if self.gpus_per_actor > 0 else 1)
+        return CodecRuntime(batch_size=batch, precision=self.precision, tile_size=self.tile_size,
+                            compile=self.compile)
 
     @property
     def actor_device(self) -> str:

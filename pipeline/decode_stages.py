@@ -3,9 +3,10 @@
 1. :func:`read_archive_rows` (CPU task): one archive part in, the selected rows' records out
    (only the row groups that may hold them are read), ending with a marker row that carries the
    part's row count.
-2. :class:`DecodeRecords` (actor): records in, pixels out. Each record's weights are found from
-   its fingerprint (``sprdiff.model_store``: the archive's ``_models/``, its footer's model store,
-   ``--model-store``), each model loaded once per actor, a few at a time.
+2. :class:`DecodeRecords` (actor): records in, pixels out, one ``decompress`` call per model a
+   batch uses. Each record's weights are found from its fingerprint (``sprdiff.model_store``: the
+   archive's ``_models/``, its footer's model store, ``--model-store``), each model loaded once
+   per actor, a few at a time.
 3. :func:`write_images` (CPU task): pixels in, PNG/WebP/JPEG files written under the output
    prefix (names from :func:`pipeline.keys.safe_relative_path`); for WebDataset output the
    encoded bytes travel on to the part writer, which writes one tar per part.
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
+from pipeline.codec_runtime import CodecRuntime, use_threads
 from pipeline.encode_stages import EMPTY_PIXELS, MARKER_ITEM, rows_to_batch
 from pipeline.keys import safe_relative_path
 from pipeline.lookup import read_part
@@ -92,24 +94,23 @@ class DecodeRecords:
     then in the places its archive part names (``_model_places``), each model loaded once per
     actor and at most ``max_models`` kept. With ``model`` (an explicit ``--model``) every record is
     decoded with it, and a record written by other weights is refused (``model_mismatch``).
-    Records are decoded one per ``decompress`` call, so the pixels never depend on which other
-    records shared a batch. A bad record (``SPRDiffError``) or missing weights become that row's status.
+    The records of one model in a batch are decoded in one ``decompress`` call, ``codec.batch_size``
+    records of one size per synthesis (batch 1: pixels never depend on the other records). A bad
+    record (``SPRDiffError``) or missing weights become that row's status; a call with a bad record
+    in it is decoded again record by record, so the others still decode.
     """
 
     def __init__(self, model=None, *, places: tuple[str, ...] = (), loaded=(), device: str = "cpu",
-                 threads: int | None = None, max_models: int = MODELS_PER_ACTOR):
+                 threads: int | None = None, max_models: int = MODELS_PER_ACTOR, codec: CodecRuntime | None = None):
         """``model``: a preset name, directory or URI to load, or an already loaded ``SPRDiff``;
         ``loaded``: models already in memory to use wherever their fingerprint is asked for."""
-        import torch
-
-        from sprdiff import SPRDiff
-
-        if threads and threads != torch.get_num_threads():
-            torch.set_num_threads(threads)
-        self.model = SPRDiff.from_pretrained(model, device=device) if isinstance(model, str) else model
-        self.models = ModelCache(places, device=device, max_models=max_models)
+        self.codec = codec or CodecRuntime()
+        self.codec.check(device)
+        use_threads(threads)
+        self.model = self.codec.load(model, device=device) if model is not None else None
+        self.models = ModelCache(places, device=device, max_models=max_models, prepare=self.codec.prepare)
         for m in loaded:
-            self.models.add(m)
+            self.models.add(self.codec.prepare(m))
 
     def _model_for(self, fingerprint: str, places: str):
         if self.model is not None:
@@ -122,6 +123,10 @@ class DecodeRecords:
             raise SPRDiffError("the archive row names no model fingerprint: pass --model", status="model_not_found")
         return self.models.get(fingerprint, [*json.loads(places or "[]"), *FALLBACK_PLACES])
 
+    def _decompress(self, model, records: list[bytes]) -> list[np.ndarray]:
+        return model.decompress(records, batch_size=self.codec.batch_size,
+                                precision=self.codec.precision_on(model.device), tile_size=self.codec.tile_size)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["key"])
         status = np.full(n, "ok", dtype=object)
@@ -132,6 +137,7 @@ class DecodeRecords:
         decode_s = np.zeros(n, np.float64)
         fingerprints = batch.get("model_fingerprint", [""] * n)  # absent for a user's own dataset of records
         places = batch.get("_model_places", ["[]"] * n)
+        by_model: dict[int, tuple[object, list[int]]] = {}
         for i in range(n):
             record, encode_status = batch["record"][i], batch["encode_status"][i]
             if encode_status == "marker":
@@ -142,7 +148,6 @@ class DecodeRecords:
                 error[i] = f"the archive row has no record (encode status {encode_status}: " \
                            f"{batch['encode_error'][i]})"
                 continue
-            t0 = time.perf_counter()
             try:
                 model = self._model_for(fingerprints[i], places[i])
             except (ModelNotFoundError, ValueError) as e:  # no place holds the weights, or they were changed
@@ -151,19 +156,34 @@ class DecodeRecords:
             except SPRDiffError as e:  # written by other weights than an explicit --model
                 status[i], error[i] = e.status, str(e)
                 continue
+            by_model.setdefault(id(model), (model, []))[1].append(i)
+        for model, indexes in by_model.values():
+            t0 = time.perf_counter()
+            records = [batch["record"][i] for i in indexes]
             try:
-                [image] = model.decompress([record], batch_size=1)
-            except SPRDiffError as e:
-                status[i], error[i] = e.status, str(e)
-            else:
-                pixels[i] = image
-                height[i], width[i] = image.shape[:2]
-            decode_s[i] = time.perf_counter() - t0
+                decoded = [(i, image, None) for i, image in zip(indexes, self._decompress(model, records), strict=True)]
+            except SPRDiffError:  # find which record: each alone
+                decoded = [(i, *self._one(model, record)) for i, record in zip(indexes, records, strict=True)]
+            seconds = (time.perf_counter() - t0) / len(indexes)
+            for i, image, problem in decoded:
+                decode_s[i] = seconds
+                if problem is not None:
+                    status[i], error[i] = problem.status, str(problem)
+                else:
+                    pixels[i] = image
+                    height[i], width[i] = image.shape[:2]
         dropped = ("record", "encode_status", "encode_error", "model_fingerprint", "_model_places")
         out = {k: v for k, v in batch.items() if k not in dropped}
         out.update(status=status, error=error, pixels=pixels, width=width, height=height, decode_s=decode_s,
                    record_bytes=np.array([len(r) if r else -1 for r in batch["record"]], np.int64))
         return out
+
+    def _one(self, model, record: bytes) -> tuple[np.ndarray | None, SPRDiffError | None]:
+        try:
+            [image] = self._decompress(model, [record])
+        except SPRDiffError as e:
+            return None, e
+        return image, None
 
 
 def encode_image(pixels: np.ndarray, image_format: str, quality: int) -> bytes:

@@ -4,7 +4,8 @@
    plan), batches of image rows out — bytes read, hashed, decoded and validated into pixels, or a
    status row saying why not. Its last batch ends with a *marker row* (``_item == -1``) carrying
    the part's row count, so the part writer knows when a part is complete.
-2. :class:`EncodeImages` (actor; one model load per actor): pixels in, SPRDiff records out.
+2. :class:`EncodeImages` (actor; one model load per actor): pixels in, SPRDiff records out, one
+   ``compress`` call per codec group (``pipeline.codec_groups``).
 3. :class:`pipeline.part_writer.PartWriter` (one actor): complete parts written, summaries out.
 
 Batches are dicts of numpy arrays (Ray Data's ``numpy`` batch format). Columns starting with
@@ -20,6 +21,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from pipeline import codec_groups
+from pipeline.codec_groups import NO_GROUP, CodecGroups, group_indexes
+from pipeline.codec_runtime import CodecRuntime
 from pipeline.inputs import SourceItem, max_file_bytes, read_items
 from pipeline.inputs.plan import PlanItem, read_items_of
 from pipeline.parts import PartTask
@@ -29,6 +33,8 @@ from sprdiff.bitstream import read_header
 from sprdiff.errors import ImageError
 
 MARKER_ITEM = -1
+FILLER_ITEM = -2
+READ_BATCH_ROWS = 16  # rows per batch from the read stage to the codec stage (at least the codec batch)
 EMPTY_PIXELS = np.zeros((0, 0, 3), np.uint8)
 
 
@@ -52,10 +58,15 @@ def decode_item(item: SourceItem, *, max_pixels: int) -> dict:
     return row
 
 
+def _filler(shard: PartTask) -> dict:
+    """A row that only pads a batch to its fixed size; the codec stage drops it."""
+    return {**_marker(shard, 0), "status": "filler", "_item": FILLER_ITEM}
+
+
 def _marker(shard: PartTask, count: int) -> dict:
     return {"key": "", "source_uri": "", "status": "marker", "error": "", "width": -1, "height": -1,
             "pixels": EMPTY_PIXELS, "source_sha256": "", "source_bytes": -1, "read_s": 0.0, "decode_s": 0.0,
-            "_shard": shard.index, "_item": MARKER_ITEM, "_shard_rows": count}
+            "_shard": shard.index, "_item": MARKER_ITEM, "_shard_rows": count, "_group": NO_GROUP}
 
 
 def rows_to_batch(rows: list[dict]) -> dict[str, np.ndarray]:
@@ -82,44 +93,82 @@ def task_items(task: PartTask) -> list[PlanItem]:
     return items
 
 
-def read_and_decode(batch: dict[str, np.ndarray], *, max_pixels: int,
-                    rows_per_batch: int = 16) -> Iterator[dict[str, np.ndarray]]:
-    """CPU stage: ``{"task": [PartTask JSON, ...]}`` -> image rows, ``rows_per_batch`` at a time."""
+def read_and_decode(batch: dict[str, np.ndarray], *, max_pixels: int, batch_size: int = 1,
+                    budgets: dict[str, int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """CPU stage: ``{"task": [PartTask JSON, ...]}`` -> image rows in batches of exactly
+    :func:`read_batch_rows` rows, each holding whole codec groups (``pipeline.codec_groups``: up to
+    ``batch_size`` images of one padded size) and padded with filler rows. The codec stage takes
+    batches of that many rows, so however Ray combines blocks, each of its batches is one of these
+    and no group is ever split."""
+    budgets = budgets or codec_groups.budgets()
     for spec in batch["task"]:
         shard = PartTask.from_json(spec)
-        rows: list[dict] = []
+        groups = CodecGroups(batch_size, group_bytes=budgets["group_bytes"], held_bytes=budgets["held_bytes"])
+        out = _WholeGroups(shard, read_batch_rows(batch_size), budgets["batch_bytes"])
         count = 0
-        items = task_items(shard)
-        for item in read_items(shard.payload["kind"], items, max_bytes=max_file_bytes(max_pixels)):
-            rows.append({**decode_item(item, max_pixels=max_pixels), "_shard": shard.index, "_item": count,
-                         "_shard_rows": 0})
+        for item in read_items(shard.payload["kind"], task_items(shard), max_bytes=max_file_bytes(max_pixels)):
+            row = {**decode_item(item, max_pixels=max_pixels), "_shard": shard.index, "_item": count,
+                   "_shard_rows": 0, "_group": NO_GROUP}
             count += 1
-            if len(rows) == rows_per_batch:
-                yield rows_to_batch(rows)
-                rows = []
-        yield rows_to_batch([*rows, _marker(shard, count)])
+            yield from out.take(groups.add(row) if row["status"] == "ok" else [[row]])
+        yield from out.take(groups.finish())
+        yield from out.take([[_marker(shard, count)]])
+        yield from out.flush()
+
+
+def read_batch_rows(batch_size: int) -> int:
+    """Rows per batch between the read stage and the codec stage (filler rows included)."""
+    return max(READ_BATCH_ROWS, batch_size)
+
+
+class _WholeGroups:
+    """Collects closed groups into batches of exactly ``rows`` rows (filler rows pad a batch that its
+    next group would overflow, or that holds ``nbytes`` of pixels)."""
+
+    def __init__(self, shard: PartTask, rows: int, nbytes: int):
+        self.shard, self.size, self.enough_bytes = shard, rows, nbytes
+        self.rows: list[dict] = []
+        self.nbytes = 0
+
+    def take(self, groups: list[list[dict]]) -> Iterator[dict[str, np.ndarray]]:
+        for group in groups:
+            if len(self.rows) + len(group) > self.size:
+                yield from self.flush()
+            self.rows.extend(group)
+            self.nbytes += sum(r["pixels"].nbytes for r in group)
+            if len(self.rows) == self.size or self.nbytes >= self.enough_bytes:
+                yield from self.flush()
+
+    def flush(self) -> Iterator[dict[str, np.ndarray]]:
+        if self.rows:
+            filler = _filler(self.shard)
+            yield rows_to_batch([*self.rows, *[filler] * (self.size - len(self.rows))])
+        self.rows, self.nbytes = [], 0
 
 
 class EncodeImages:
-    """Actor stage: loads the model once, then compresses every ``ok`` row of each batch.
+    """Actor stage: loads the model once, then compresses the ``ok`` rows of each batch, one
+    ``compress`` call per codec group (``_group``, formed by the read stage).
 
-    A codec error on one image (``SPRDiffError``) becomes that row's status; anything else is a
-    bug and raises.
+    A codec error (``SPRDiffError``) becomes the row's status: a group whose call fails is encoded
+    again image by image, so one bad image never costs its neighbours their records. Anything else
+    is a bug and raises.
     """
 
-    def __init__(self, model, *, device: str = "cpu", threads: int | None = None, colour_correction: bool = True):
+    def __init__(self, model, *, device: str = "cpu", threads: int | None = None, colour_correction: bool = True,
+                 codec: CodecRuntime | None = None):
         """``model``: a preset name, directory or URI to load, or an already loaded ``SPRDiff``;
-        ``colour_correction``: see ``SPRDiff.compress``."""
-        import torch
-
-        from sprdiff import SPRDiff
-
-        if threads and threads != torch.get_num_threads():
-            torch.set_num_threads(threads)
-        self.model = SPRDiff.from_pretrained(model, device=device) if isinstance(model, str) else model
+        ``colour_correction``: see ``SPRDiff.compress``; ``codec``: precision, tiling, compile."""
+        self.codec = codec or CodecRuntime()
+        self.model = self.codec.load(model, device=device, threads=threads)
         self.model_id = self.model.model_id
         self.fingerprint = self.model.fingerprint
         self.colour_correction = colour_correction
+
+    def _compress(self, images: list[np.ndarray]) -> list[bytes]:
+        return self.model.compress(images, colour_correction=self.colour_correction, batch_size=len(images),
+                                   precision=self.codec.precision_on(self.model.device),
+                                   tile_size=self.codec.tile_size)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["key"])
@@ -129,22 +178,42 @@ class EncodeImages:
         status = batch["status"].copy()
         error = batch["error"].copy()
         format_version = np.full(n, FORMAT_VERSION, dtype=np.int32)  # rows without a record: today's version
-        for i in range(n):
-            if status[i] != "ok":
-                continue
+        ok = status == "ok"
+        grouped = np.where(ok, batch.get("_group", np.full(n, NO_GROUP)), NO_GROUP)
+        lone = [int(i) for i in np.flatnonzero(ok & (grouped == NO_GROUP))]  # rows that came without a group
+        for indexes in [*group_indexes(batch["_shard"], grouped), *self._groups_of(batch["pixels"], lone)]:
             t0 = time.perf_counter()
+            # Ray hands out read-only arrays; torch wants writable ones
+            images = [np.require(batch["pixels"][i], requirements=["W"]) for i in indexes]
             try:
-                pixels = np.require(batch["pixels"][i], requirements=["W"])  # Ray hands out read-only arrays
-                [record] = self.model.compress([pixels], colour_correction=self.colour_correction)
-            except SPRDiffError as e:
-                status[i], error[i] = e.status, str(e)
-            else:
-                records[i], num_bytes[i] = record, len(record)
-                format_version[i] = read_header(record)[0].version
-            encode_s[i] = time.perf_counter() - t0
+                coded = [(i, record, None) for i, record in zip(indexes, self._compress(images), strict=True)]
+            except SPRDiffError:  # find which image: each alone
+                coded = [(i, *self._one(image)) for i, image in zip(indexes, images, strict=True)]
+            seconds = (time.perf_counter() - t0) / len(indexes)
+            for i, record, problem in coded:
+                encode_s[i] = seconds
+                if problem is not None:
+                    status[i], error[i] = problem.status, str(problem)
+                else:
+                    records[i], num_bytes[i] = record, len(record)
+                    format_version[i] = read_header(record)[0].version
         out = {k: v for k, v in batch.items() if k != "pixels"}
         out.update(status=status, error=error, record=records, num_bytes=num_bytes, encode_s=encode_s,
                    model_id=np.full(n, self.model_id, dtype=object),
                    model_fingerprint=np.full(n, self.fingerprint, dtype=object),
                    format_version=format_version)
-        return out
+        kept = batch["_item"] != FILLER_ITEM
+        return out if kept.all() else {k: v[kept] for k, v in out.items()}
+
+    def _groups_of(self, pixels: np.ndarray, indexes: list[int]) -> list[list[int]]:
+        """Groups for rows that came without one (a user's own dataset): formed within this batch."""
+        former = CodecGroups(self.codec.batch_size)
+        closed = [g for i in indexes for g in former.add({"pixels": pixels[i], "_i": i})] + former.finish()
+        return [[row["_i"] for row in group] for group in closed]
+
+    def _one(self, image: np.ndarray) -> tuple[bytes | None, SPRDiffError | None]:
+        try:
+            [record] = self._compress([image])
+        except SPRDiffError as e:
+            return None, e
+        return record, None

@@ -33,10 +33,10 @@ def _summaries(batch: dict[str, np.ndarray]) -> Iterator[dict]:
 def stream_encode(tasks: list[PartTask], config: EncodeJobConfig, shared: dict, *, model=None) -> Iterator[dict]:
     compute = config.compute
     encoder = EncodeImages(model or config.model, device=compute.actor_device, threads=compute.threads_per_actor,
-                           colour_correction=config.colour_correction)
+                           colour_correction=config.colour_correction, codec=compute.codec)
     writer = PartWriter(shared, {t.index: t.payload for t in tasks})
     for task in tasks:
-        for batch in read_and_decode(_spec(task), max_pixels=config.max_pixels):
+        for batch in read_and_decode(_spec(task), max_pixels=config.max_pixels, batch_size=compute.codec.batch_size):
             yield from _summaries(writer(encoder(batch)))
 
 
@@ -46,7 +46,7 @@ def stream_decode(tasks: list[PartTask], config: DecodeJobConfig, shared: dict, 
     compute = config.compute
     decoder = DecodeRecords(shared.get("model"), places=config.model_stores,
                             loaded=[loaded] if loaded is not None else (), device=compute.actor_device,
-                            threads=compute.threads_per_actor)
+                            threads=compute.threads_per_actor, codec=compute.codec)
     writer = PartWriter(shared, {t.index: t.payload for t in tasks})
     for task in tasks:
         for batch in read_archive_rows(_spec(task)):

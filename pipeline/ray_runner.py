@@ -28,9 +28,10 @@ from contextlib import contextmanager
 import numpy as np
 import pyarrow as pa
 
+from pipeline import codec_groups
 from pipeline.config import ComputeConfig, DecodeJobConfig, EncodeJobConfig
 from pipeline.decode_stages import DecodeRecords, read_archive_rows, write_images
-from pipeline.encode_stages import EncodeImages, decode_item, read_and_decode, rows_to_batch
+from pipeline.encode_stages import EncodeImages, decode_item, read_and_decode, read_batch_rows, rows_to_batch
 from pipeline.inputs.items import SourceItem
 from pipeline.inputs.listing import Page, list_pages, sub_prefixes
 from pipeline.part_writer import SUMMARY_COLUMN, PartWriter
@@ -43,7 +44,7 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "2
 # Passed to a remote cluster's workers. Never credentials: the cluster's own environment (instance
 # roles, pod secrets) provides those, and runtime_env values are visible in Ray's job metadata.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
-GPU_DEFAULT_BATCH_SIZE = 16  # Ray requires a batch size with GPUs
+DECODE_BATCH_ROWS = 16  # records per decode-actor call (at least the codec batch)
 
 
 def embedded_cpus(*computes: ComputeConfig) -> int:
@@ -118,17 +119,17 @@ def check_resources(compute: ComputeConfig, log=print) -> None:
             f"for its first {fewest} actors")
 
 
-def _actor_args(compute: ComputeConfig) -> dict:
+def _actor_args(compute: ComputeConfig, batch_rows: int) -> dict:
+    """The codec stage's map_batches arguments; ``batch_rows``: rows per call (for encode, the read
+    stage's fixed batch size, so each call is one read batch of whole codec groups)."""
     import ray
 
-    batch_size = compute.batch_size
-    if batch_size is None and compute.gpus_per_actor > 0:
-        batch_size = GPU_DEFAULT_BATCH_SIZE
     fewest, most = compute.pool
     pool = ray.data.ActorPoolStrategy(size=fewest) if fewest == most else \
         ray.data.ActorPoolStrategy(min_size=fewest, max_size=most)
-    args = {"compute": pool, "num_cpus": compute.cpus_per_actor, "batch_size": batch_size, "batch_format": "numpy",
-            "fn_constructor_kwargs": {"device": compute.actor_device, "threads": compute.actor_threads}}
+    args = {"compute": pool, "num_cpus": compute.cpus_per_actor, "batch_size": batch_rows, "batch_format": "numpy",
+            "fn_constructor_kwargs": {"device": compute.actor_device, "threads": compute.actor_threads,
+                                      "codec": compute.codec}}
     if compute.gpus_per_actor > 0:
         args["num_gpus"] = compute.gpus_per_actor
     return args
@@ -194,13 +195,18 @@ def _summaries(ds) -> Iterator[dict]:
 
 
 def stream_encode(tasks: list[PartTask], config: EncodeJobConfig, shared: dict) -> Iterator[dict]:
+    import ray
+
     compute = config.compute
     check_resources(compute)
-    actor = _actor_args(compute)
+    codec = compute.codec
+    actor = _actor_args(compute, read_batch_rows(codec.batch_size))
     actor["fn_constructor_kwargs"].update(model=config.model, colour_correction=config.colour_correction)
     ds = _task_dataset(tasks)
-    ds = ds.map_batches(read_and_decode, fn_kwargs={"max_pixels": config.max_pixels}, num_cpus=compute.io_cpus,
-                        compute=_io_pool(compute), batch_format="numpy")
+    block_bytes = ray.data.DataContext.get_current().target_max_block_size
+    ds = ds.map_batches(read_and_decode, fn_kwargs={"max_pixels": config.max_pixels, "batch_size": codec.batch_size,
+                                                    "budgets": codec_groups.budgets(block_bytes)},
+                        num_cpus=compute.io_cpus, compute=_io_pool(compute), batch_format="numpy")
     ds = ds.map_batches(EncodeImages, **actor)
     ds = ds.map_batches(MeteredPartWriter, **_writer_args(shared, tasks))
     yield from _summaries(ds)
@@ -209,7 +215,7 @@ def stream_encode(tasks: list[PartTask], config: EncodeJobConfig, shared: dict) 
 def stream_decode(tasks: list[PartTask], config: DecodeJobConfig, shared: dict) -> Iterator[dict]:
     compute = config.compute
     check_resources(compute)
-    actor = _actor_args(compute)
+    actor = _actor_args(compute, max(compute.codec.batch_size, DECODE_BATCH_ROWS))
     actor["fn_constructor_kwargs"].update(model=shared.get("model"), places=config.model_stores)
     ds = _task_dataset(tasks)
     ds = ds.map_batches(read_archive_rows, num_cpus=compute.io_cpus, compute=_io_pool(compute), batch_format="numpy")
@@ -277,7 +283,7 @@ def encode_dataset(ds, *, model, image_column: str = "image", key_column: str = 
     from sprdiff.images import DEFAULT_MAX_PIXELS
 
     compute = compute or ComputeConfig()
-    actor = _actor_args(compute)
+    actor = _actor_args(compute, read_batch_rows(compute.codec.batch_size))
     actor["fn_constructor_kwargs"].update(model=model, colour_correction=colour_correction)
     ds = ds.map_batches(_rows_from_bytes, fn_kwargs={"image_column": image_column, "key_column": key_column,
                                                      "max_pixels": max_pixels or DEFAULT_MAX_PIXELS},
@@ -309,7 +315,7 @@ def decode_dataset(ds, *, model, record_column: str = "record", key_column: str 
     """A Ray Dataset of records (an archive read with ``ray.data.read_parquet``, say) -> a Ray Dataset of
     ``key``, ``status``, ``error``, ``width``, ``height`` and ``png`` (the decoded image as PNG bytes)."""
     compute = compute or ComputeConfig()
-    actor = _actor_args(compute)
+    actor = _actor_args(compute, max(compute.codec.batch_size, DECODE_BATCH_ROWS))
     actor["fn_constructor_kwargs"]["model"] = model
     ds = ds.map_batches(_records, fn_kwargs={"record_column": record_column, "key_column": key_column},
                         batch_format="numpy", num_cpus=compute.io_cpus)

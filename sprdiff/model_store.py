@@ -28,14 +28,13 @@ import shutil
 import tempfile
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import fsspec
-import torch
 from safetensors import safe_open
 
 from sprdiff import storage
@@ -43,6 +42,8 @@ from sprdiff.config import CONFIG_NAME, WEIGHTS_NAME, SPRDiffConfig
 from sprdiff.model_card import CARD_NAME, ModelCard, read_model_card, write_model_card
 
 if TYPE_CHECKING:
+    import torch
+
     from sprdiff.model import SPRDiff
 
 ARCHIVE_STORE = "_models"  # an archive's own store, beside its parts (names starting with _ stay out of globs)
@@ -67,6 +68,8 @@ class ModelNotFoundError(FileNotFoundError):
 def fingerprint_digest(config_json: str, tensors: Iterable[tuple[str, torch.Tensor]]) -> bytes:
     """SHA-256 of a model's config and every weight, in name order: the one definition of a
     fingerprint (``SPRDiff.fingerprint_bytes`` calls it; :func:`directory_fingerprint` too)."""
+    import torch  # here, not at the top: archive readers use this module's paths without torch
+
     h = hashlib.sha256(config_json.encode())
     for name, tensor in sorted(tensors, key=lambda item: item[0]):
         t = tensor.detach().cpu().contiguous()
@@ -368,11 +371,13 @@ class ModelCache:
     missing model costs one search per process, not one per record."""
 
     def __init__(self, places: Sequence[str], *, device: str | torch.device = "cpu", cache_dir: Path | None = None,
-                 max_models: int = 2):
+                 max_models: int = 2, prepare: Callable[[SPRDiff], SPRDiff] | None = None):
+        """``prepare``: applied to each model as it is loaded (a codec actor's precision check and speed-ups)."""
         if max_models < 1:
             raise ValueError(f"max_models must be >= 1, got {max_models}")
         self.places = tuple(places)
         self.device, self.cache_dir, self.max_models = device, cache_dir, max_models
+        self.prepare = prepare
         self._models: OrderedDict[str, SPRDiff] = OrderedDict()
         self._missing: dict[str, Exception] = {}
         self.loads = 0  # models loaded so far (a model evicted and needed again loads again)
@@ -390,7 +395,7 @@ class ModelCache:
             self._missing[fingerprint] = e
             raise
         self.loads += 1
-        self._models[fingerprint] = model
+        self._models[fingerprint] = self.prepare(model) if self.prepare else model
         while len(self._models) > self.max_models:
             self._models.popitem(last=False)
         return model

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-PRECISIONS = ("fp32", "bf16")
+from sprdiff.run_settings import PRECISIONS, check_precision_name  # noqa: F401 (PRECISIONS re-exported)
 
 
 def device_type(device: torch.device | str) -> str:
@@ -32,8 +32,7 @@ def default_precision(device: torch.device | str) -> str:
 def check_precision(precision: str, device: torch.device | str) -> str:
     """``precision`` if ``device`` can run it; otherwise a ``ValueError`` that says what can. Call it
     before any work starts."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision_name(precision)
     kind = device_type(device)
     if precision == "bf16" and kind == "cuda" and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
         raise ValueError("this CUDA device has no bfloat16 support (it needs compute capability 8.0 or newer, e.g. "

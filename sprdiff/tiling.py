@@ -35,23 +35,13 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-DEFAULT_TILE_SIZE = 2048  # px; above every photo in shared/data (so their figures are unchanged); None: never tile
-TILE_MULTIPLE = 64  # tile sides are multiples of the model's pad multiple, so every grid stays aligned
+from sprdiff.run_settings import DEFAULT_TILE_SIZE, TILE_MULTIPLE, check_tile_size  # noqa: F401 (re-exported)
+
 OVERLAP_FACTOR = 0.25  # fraction of a tile shared with its neighbour (VAE and UNet blending)
 # Receptive radii (input units) the crop margins must cover; cheng2020-anchor: g_a 57 px, g_s 7 latents, P 7 px.
 G_A_MARGIN = 64  # px, a multiple of g_a's stride 16
 G_S_MARGIN = 8  # H/16 latent positions
 PROJECTOR_MARGIN = 16  # px, a multiple of P's stride 8
-
-
-def check_tile_size(tile_size: int | None) -> int | None:
-    """``tile_size`` (None or 0: no tiling) or a ``ValueError`` that says what is allowed."""
-    if not tile_size:
-        return None
-    if tile_size < 2 * TILE_MULTIPLE or tile_size % TILE_MULTIPLE:
-        raise ValueError(f"tile_size must be a multiple of {TILE_MULTIPLE} and at least {2 * TILE_MULTIPLE} px "
-                         f"(or None for no tiling), got {tile_size}")
-    return tile_size
 
 
 def latent_overlap(latent_tile: int) -> int:

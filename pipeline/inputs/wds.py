@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from PIL import Image
-from webdataset.tariterators import base_plus_ext
 
 from pipeline.inputs.items import SourceItem, too_large_message
 from pipeline.inputs.plan import PlanItem
@@ -74,6 +73,10 @@ def _tar_samples(fileobj, wanted, max_bytes: int | None) -> Iterator[_Sample]:
     tar is damaged, the sample being read is yielded (with ``error`` if one of its members was cut),
     then the error is raised.
     """
+    # webdataset's member naming, imported here: webdataset imports torch, seconds of start-up
+    # for every reading task that never sees a tar
+    from webdataset.tariterators import base_plus_ext
+
     current: _Sample | None = None
     in_member = False
     try:
