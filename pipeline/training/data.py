@@ -90,7 +90,7 @@ def random_crop(pixels: np.ndarray, crop: int, rng: random.Random) -> torch.Tens
         pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC))
         h, w = pixels.shape[:2]
     top, left = rng.randint(0, h - crop), rng.randint(0, w - crop)
-    patch = np.ascontiguousarray(pixels[top:top + crop, left:left + crop])
+    patch = np.require(pixels[top:top + crop, left:left + crop], requirements=["C", "W"])  # a read-only crop is copied
     return torch.from_numpy(patch).permute(2, 0, 1).float().div_(255.0)
 
 
