@@ -18,6 +18,7 @@ import torch
 from sprdiff import bitstream
 from sprdiff.errors import SPRDiffError
 from sprdiff.images import DEFAULT_MAX_PIXELS, encode_png, load_image
+from sprdiff.run_settings import DEFAULT_TILE_SIZE, PRECISIONS, check_tile_size
 
 DEFAULT_MODEL = "demo"  # the shipped trained model (sprdiff/pretrained/demo)
 RECORD_SUFFIX = ".sprd"
@@ -43,6 +44,24 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None 
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="of the neural stages (the entropy path is always exact): default bf16 on a CUDA device "
+                             "that runs it, else fp32")
+    parser.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE, metavar="PX",
+                        help=f"images with a padded side above PX run on overlapping tiles, bounding memory (a "
+                             f"multiple of 64; 0: never; default {DEFAULT_TILE_SIZE}; 1024 keeps a 16 MP photo "
+                             f"under 4 GiB with demo, docs/performance.md)")
+
+
+def runtime_settings(args: argparse.Namespace, device) -> dict:
+    """``precision`` and ``tile_size`` for compress/decompress, checked before any image is read."""
+    from sprdiff.precision import check_precision, default_precision
+
+    precision = check_precision(args.precision or default_precision(device), device)
+    return {"precision": precision, "tile_size": check_tile_size(args.tile_size)}
+
+
 def add_codec_commands(subparsers: argparse._SubParsersAction) -> None:
     enc = subparsers.add_parser("encode", help="encode image files to .sprd records")
     enc.add_argument("images", nargs="+", help="image files (local paths or fsspec URIs)")
@@ -53,12 +72,14 @@ def add_codec_commands(subparsers: argparse._SubParsersAction) -> None:
                      help="skip the colour map and offset grid (sprdiff.colour, sprdiff.offset_grid): "
                           "about half the encode time, lower PSNR")
     add_model_arguments(enc)
+    add_runtime_arguments(enc)
     enc.set_defaults(run=run_encode)
 
     dec = subparsers.add_parser("decode", help="decode .sprd records to PNG files")
     dec.add_argument("records", nargs="+", help=".sprd files")
     dec.add_argument("-o", "--output", required=True, help="output directory")
     add_model_arguments(dec, default=None)
+    add_runtime_arguments(dec)
     dec.set_defaults(run=run_decode)
 
     info = subparsers.add_parser("info", help="print a record's header as JSON")
@@ -99,13 +120,14 @@ def _each(items: list[str], work: Callable[[str, str], str], stems: list[str]) -
 def run_encode(args: argparse.Namespace) -> int:
     stems = _unique_stems(args.images)
     model = _load_model(args)
+    runtime = runtime_settings(args, model.device)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
 
     def encode_one(path: str, stem: str) -> str:
         with fsspec.open(path, "rb") as f:
             pixels = load_image(f.read(), max_pixels=args.max_pixels)
-        [record] = model.compress([pixels], colour_correction=args.colour_correction)
+        [record] = model.compress([pixels], colour_correction=args.colour_correction, **runtime)
         (out / f"{stem}{RECORD_SUFFIX}").write_bytes(record)
         bpp = 8 * len(record) / (pixels.shape[0] * pixels.shape[1])
         return f"{path} -> {out / (stem + RECORD_SUFFIX)}: {pixels.shape[1]}x{pixels.shape[0]}, " \
@@ -154,13 +176,14 @@ class RecordModels:
 def run_decode(args: argparse.Namespace) -> int:
     stems = _unique_stems(args.records)
     models = RecordModels(args)
+    runtime = runtime_settings(args, args.device or default_device())
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
 
     def decode_one(path: str, stem: str) -> str:
         with fsspec.open(path, "rb") as f:
             record = f.read()
-        [pixels] = models.for_record(record).decompress([record])
+        [pixels] = models.for_record(record).decompress([record], **runtime)
         (out / f"{stem}.png").write_bytes(encode_png(pixels))
         return f"{path} -> {out / (stem + '.png')}: {pixels.shape[1]}x{pixels.shape[0]}"
 

@@ -98,3 +98,19 @@ def test_the_default_model_is_the_shipped_demo(images, tmp_path):
     r = run("decode", str(tmp_path / "enc" / "coffee.sprd"), "-o", str(tmp_path / "dec"), default_model=True)
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "dec" / "coffee.png").size == (120, 80)
+
+
+def test_tile_size_and_precision_reach_the_codec(tmp_path, sample_images, tiny_model):
+    pixels = np.ascontiguousarray(sample_images["astronaut"][:320, :384])
+    Image.fromarray(pixels).save(tmp_path / "big.png")
+    r = run("encode", str(tmp_path / "big.png"), "-o", str(tmp_path / "enc"), "--tile-size", "128",
+            "--precision", "fp32", "--no-colour-correction")
+    assert r.returncode == 0, r.stderr
+    record = (tmp_path / "enc" / "big.sprd").read_bytes()
+    assert record == tiny_model.compress([pixels], colour_correction=False, tile_size=128)[0]
+    r = run("decode", str(tmp_path / "enc" / "big.sprd"), "-o", str(tmp_path / "dec"), "--tile-size", "128")
+    assert r.returncode == 0, r.stderr
+    got = np.asarray(Image.open(tmp_path / "dec" / "big.png"))
+    assert np.array_equal(got, tiny_model.decompress([record], tile_size=128)[0])
+    r = run("encode", str(tmp_path / "big.png"), "-o", str(tmp_path / "bad"), "--tile-size", "100")
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "multiple of 64" in r.stderr
