@@ -1,7 +1,7 @@
 """Pipeline efficiency: the Ray Data jobs against a plain in-process loop, same images, same preset.
 
     .venv/bin/python bench/bench_pipeline.py [--images 96] [--size 512] [--model tiny] [--actors 1] [--threads 1]
-                                             [--no-side-information]
+                                             [--no-side-information] [--encode-only]
 
 Prints, side by side from one run: images/s of ``encode-job`` vs a loop (read file -> load_image
 -> compress -> one Parquet file), their ratio (pipeline efficiency), and the same for
@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=8, help="rows per archive part (default: 8)")
     parser.add_argument("--work-dir", default=None, help="default: a temporary directory")
     parser.add_argument("--no-side-information", action="store_true", help="encode without colour map and offset grid")
+    parser.add_argument("--encode-only", action="store_true", help="skip the decode arms")
     args = parser.parse_args()
 
     import torch
@@ -149,28 +150,32 @@ def main() -> None:
                                              colour_correction=side),
                              marked(ray_runner.stream_encode, enc_marks, t0), log=lambda _: None)
         job_enc_s = time.perf_counter() - t0
-        loop_dec_s, dec_codec, n_dec = loop_decode(work / "archive", args.model, work / "loop-decoded")
-        t0 = time.perf_counter()
-        dec = run_decode_job(DecodeJobConfig(input=str(work / "archive"), output=str(work / "decoded"),
-                                             compute=compute), marked(ray_runner.stream_decode, dec_marks, t0),
-                             log=lambda _: None)
-        job_dec_s = time.perf_counter() - t0
-    assert enc["counts"] == {"ok": args.images} and dec["counts"] == {"ok": args.images} and n_dec == args.images
+        if not args.encode_only:
+            loop_dec_s, dec_codec, n_dec = loop_decode(work / "archive", args.model, work / "loop-decoded")
+            t0 = time.perf_counter()
+            dec = run_decode_job(DecodeJobConfig(input=str(work / "archive"), output=str(work / "decoded"),
+                                                 compute=compute), marked(ray_runner.stream_decode, dec_marks, t0),
+                                 log=lambda _: None)
+            job_dec_s = time.perf_counter() - t0
+            assert dec["counts"] == {"ok": args.images} and n_dec == args.images
+    assert enc["counts"] == {"ok": args.images}
     loop_records = pq.read_table(work / "loop-archive.parquet").column("record").to_pylist()
     job_records = pq.read_table(work / "archive", columns=["record"]).column("record").to_pylist()
     assert loop_records == job_records, "the job's bitstreams differ from the loop's"
 
-    job_enc_codec = float(np.mean(pq.read_table(work / "archive", columns=["encode_s"]).column("encode_s")))
-    job_dec_codec = float(np.mean(pq.read_table(work / "decoded" / "_manifest").column("decode_s")))
     n = args.images
+    job_enc_codec = float(np.mean(pq.read_table(work / "archive", columns=["encode_s"]).column("encode_s")))
+    arms = [("encode", enc_codec, job_enc_codec, loop_enc_s, job_enc_s, enc_marks)]
+    if not args.encode_only:
+        job_dec_codec = float(np.mean(pq.read_table(work / "decoded" / "_manifest").column("decode_s")))
+        arms.append(("decode", dec_codec, job_dec_codec, loop_dec_s, job_dec_s, dec_marks))
     print(f"ray start (once per command; not in the job times): {ray_start:.1f} s")
     print("codec s/img: mean seconds per image inside compress/decompress (loop process | job actor)")
     print(f"{'':8}{'codec s/img':>14}{'loop s':>9}{'loop img/s':>11}{'job s':>9}{'job img/s':>10}{'ratio':>7}")
-    for name, codec, job_codec, loop_s, job_s in (("encode", enc_codec, job_enc_codec, loop_enc_s, job_enc_s),
-                                                  ("decode", dec_codec, job_dec_codec, loop_dec_s, job_dec_s)):
+    for name, codec, job_codec, loop_s, job_s, _ in arms:
         print(f"{name:8}{codec:7.3f}|{job_codec:6.3f}{loop_s:9.1f}{n / loop_s:11.2f}{job_s:9.1f}{n / job_s:10.2f}"
               f"{loop_s / job_s:7.2f}")
-    for name, job_codec, job_s in (("encode", job_enc_codec, job_enc_s), ("decode", job_dec_codec, job_dec_s)):
+    for name, _, job_codec, _, job_s, _ in arms:
         if args.actors > 1:
             break  # actors share the cores: per-image times overlap, no simple fixed-cost estimate
         fixed = job_s - n * job_codec / args.actors
@@ -178,7 +183,7 @@ def main() -> None:
               f"first and last shard); at this fixed cost the ratio reaches 0.90 from about "
               f"{9 * fixed / job_codec * args.actors:.0f} images")
     print("job phases, s: before the dataset | start-up to the first part | streaming | end")
-    for name, marks, job_s in (("encode", enc_marks, job_enc_s), ("decode", dec_marks, job_dec_s)):
+    for name, _, _, _, job_s, marks in arms:
         print(f"{name}-job: {marks['submit']:.1f} | {marks['first'] - marks['submit']:.1f} | "
               f"{marks['last'] - marks['first']:.1f} | {job_s - marks['last']:.1f}")
     print(f"work dir: {work}; load average after: {os.getloadavg()[0]:.1f}")

@@ -34,6 +34,7 @@ from pipeline.stats import RunInfo, encode_stats, format_summary
 from pipeline.storage import Location, redact_uri
 from sprdiff import FORMAT_VERSION
 from sprdiff.model_store import ARCHIVE_STORE, place_in, store_model_source
+from sprdiff.run_settings import DEFAULT_TILE_SIZE
 
 EncodeStream = Callable[[list[PartTask], EncodeJobConfig, dict], Iterable[dict]]
 # The model is checked by its fingerprint (_store_model), not by the name it was given: a rerun may name
@@ -58,8 +59,11 @@ def job_settings(config: EncodeJobConfig) -> dict:
         "image_column": config.image_column, "key_column": config.key_column, "max_pixels": config.max_pixels,
         "model": redact_uri(config.model),
         # settings that change the records' bytes (issue 28): the colour map and offset grid are both
-        # behind colour_correction; batch settings and the writer's record version go in too
+        # behind colour_correction; batch settings, precision, tiling and the writer's record version go in
+        # too (a default precision or tile size is written as None, as archives begun before they existed hold)
         "colour_correction": config.colour_correction, "batch_size": config.compute.batch_size,
+        "precision": config.compute.precision,
+        "tile_size": None if config.compute.tile_size == DEFAULT_TILE_SIZE else config.compute.tile_size,
         "record_format": FORMAT_VERSION,
     }
 

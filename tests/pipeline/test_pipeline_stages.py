@@ -21,13 +21,14 @@ from pipeline_testing import MAX_PIXELS, png_bytes
 
 from pipeline import archive, local_runner
 from pipeline.collect import ShardCollector
-from pipeline.config import DecodeJobConfig, EncodeJobConfig
+from pipeline.config import ComputeConfig, DecodeJobConfig, EncodeJobConfig
 from pipeline.decode_job import run_decode_job
 from pipeline.encode_job import run_encode_job
 from pipeline.encode_stages import decode_item
 from pipeline.inputs import SourceItem
 from pipeline.schema import ARCHIVE_COLUMNS, SCHEMA_METADATA_KEY
 from sprdiff.bitstream import read_header
+from sprdiff.run_settings import DEFAULT_TILE_SIZE
 
 
 def test_decode_item_turns_bad_files_into_statuses(bad_files, small_images):
@@ -208,6 +209,12 @@ def test_local_encode_job_resumes_and_refuses_other_settings(photo_folder, tmp_p
                        local_runner.stream_encode, log=lambda _: None)
     with pytest.raises(ValueError, match="other settings.*colour_correction"):
         encode_local(photo_folder, out, colour_correction=False)
+    for compute, name in ((ComputeConfig(precision="bf16"), "precision"), (ComputeConfig(tile_size=1024), "tile_size"),
+                          (ComputeConfig(batch_size=4), "batch_size")):  # settings that change bytes
+        with pytest.raises(ValueError, match=f"other settings.*{name}"):
+            encode_local(photo_folder, out, compute=compute)
+    same = encode_local(photo_folder, out, compute=ComputeConfig(tile_size=DEFAULT_TILE_SIZE))  # the default, named
+    assert same["run"]["shards_written"] == 0
     with pytest.raises(ValueError, match="other settings.*input"):
         encode_local(tmp_path, out)
     # the rerun reads the stored plan and lists nothing: a file added since is not in this archive
