@@ -22,9 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from sprdiff.config import SPRDiffConfig
+from sprdiff.images import padded_size
+
 MIB = 1 << 20
 RAY_TARGET_BLOCK_BYTES = 128 * MIB  # Ray Data's default target_max_block_size
-PAD_MULTIPLE = 64  # the presets' pad multiple; a model with another one re-splits a group by its own sizes
+# the presets' pad multiple; a model with another one re-splits a group by its own padded sizes
+PAD_MULTIPLE = SPRDiffConfig.pad_multiple
 NO_GROUP = -1  # rows with no image to encode (a bad input, the part's marker)
 
 
@@ -32,10 +36,6 @@ def budgets(target_block_bytes: int | None = None) -> dict[str, int]:
     """``group_bytes``/``batch_bytes``/``held_bytes`` for Ray Data's block target (see the module doc)."""
     quarter = max((target_block_bytes or RAY_TARGET_BLOCK_BYTES) // 4, 1)
     return {"group_bytes": quarter, "batch_bytes": quarter, "held_bytes": 4 * quarter}
-
-
-def padded(height: int, width: int, multiple: int = PAD_MULTIPLE) -> tuple[int, int]:
-    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
 
 
 class CodecGroups:
@@ -53,7 +53,7 @@ class CodecGroups:
 
     def add(self, row: dict) -> list[list[dict]]:
         pixels = row["pixels"]
-        size, nbytes = padded(*pixels.shape[:2]), pixels.nbytes
+        size, nbytes = padded_size(*pixels.shape[:2], PAD_MULTIPLE), pixels.nbytes
         closed = []
         if size in self._open and self._open_bytes[size] + nbytes > self.group_bytes:
             closed.append(self._close(size))  # this image would take the group past its budget

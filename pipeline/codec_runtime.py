@@ -7,9 +7,14 @@ in ``docs/codec.md`` says how.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
+from sprdiff.errors import SPRDiffError
 from sprdiff.run_settings import DEFAULT_TILE_SIZE, check_precision_name, check_tile_size
+
+In, Out = TypeVar("In"), TypeVar("Out")
 
 
 @dataclass(frozen=True)
@@ -61,3 +66,22 @@ def use_threads(threads: int | None) -> None:
 
     if threads and threads != torch.get_num_threads():
         torch.set_num_threads(threads)
+
+
+def each_result(call: Callable[[list[In]], list[Out]],
+                items: Sequence[In]) -> list[tuple[Out | None, SPRDiffError | None]]:
+    """``call`` on all ``items`` at once; if it raises a codec error, on each alone, so one bad image or
+    record costs only its own row. One ``(result, None)`` or ``(None, error)`` per item, in order."""
+    try:
+        return [(result, None) for result in call(list(items))]
+    except SPRDiffError:
+        pass
+    results: list[tuple[Out | None, SPRDiffError | None]] = []
+    for item in items:
+        try:
+            [result] = call([item])
+        except SPRDiffError as e:
+            results.append((None, e))
+        else:
+            results.append((result, None))
+    return results

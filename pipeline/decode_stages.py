@@ -19,11 +19,12 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
 from PIL import Image
 
-from pipeline.codec_runtime import CodecRuntime, use_threads
+from pipeline.codec_runtime import CodecRuntime, each_result, use_threads
 from pipeline.encode_stages import EMPTY_PIXELS, MARKER_ITEM, rows_to_batch
 from pipeline.keys import safe_relative_path
 from pipeline.lookup import read_part
@@ -160,12 +161,9 @@ class DecodeRecords:
         for model, indexes in by_model.values():
             t0 = time.perf_counter()
             records = [batch["record"][i] for i in indexes]
-            try:
-                decoded = [(i, image, None) for i, image in zip(indexes, self._decompress(model, records), strict=True)]
-            except SPRDiffError:  # find which record: each alone
-                decoded = [(i, *self._one(model, record)) for i, record in zip(indexes, records, strict=True)]
+            decoded = each_result(partial(self._decompress, model), records)
             seconds = (time.perf_counter() - t0) / len(indexes)
-            for i, image, problem in decoded:
+            for i, (image, problem) in zip(indexes, decoded, strict=True):
                 decode_s[i] = seconds
                 if problem is not None:
                     status[i], error[i] = problem.status, str(problem)
@@ -177,13 +175,6 @@ class DecodeRecords:
         out.update(status=status, error=error, pixels=pixels, width=width, height=height, decode_s=decode_s,
                    record_bytes=np.array([len(r) if r else -1 for r in batch["record"]], np.int64))
         return out
-
-    def _one(self, model, record: bytes) -> tuple[np.ndarray | None, SPRDiffError | None]:
-        try:
-            [image] = self._decompress(model, [record])
-        except SPRDiffError as e:
-            return None, e
-        return image, None
 
 
 def encode_image(pixels: np.ndarray, image_format: str, quality: int) -> bytes:

@@ -23,12 +23,12 @@ import numpy as np
 
 from pipeline import codec_groups
 from pipeline.codec_groups import NO_GROUP, CodecGroups, group_indexes
-from pipeline.codec_runtime import CodecRuntime
+from pipeline.codec_runtime import CodecRuntime, each_result
 from pipeline.inputs import SourceItem, max_file_bytes, read_items
 from pipeline.inputs.plan import PlanItem, read_items_of
 from pipeline.parts import PartTask
 from pipeline.storage import Location
-from sprdiff import FORMAT_VERSION, SPRDiffError, load_image
+from sprdiff import FORMAT_VERSION, load_image
 from sprdiff.bitstream import read_header
 from sprdiff.errors import ImageError
 
@@ -185,12 +185,9 @@ class EncodeImages:
             t0 = time.perf_counter()
             # Ray hands out read-only arrays; torch wants writable ones
             images = [np.require(batch["pixels"][i], requirements=["W"]) for i in indexes]
-            try:
-                coded = [(i, record, None) for i, record in zip(indexes, self._compress(images), strict=True)]
-            except SPRDiffError:  # find which image: each alone
-                coded = [(i, *self._one(image)) for i, image in zip(indexes, images, strict=True)]
+            coded = each_result(self._compress, images)
             seconds = (time.perf_counter() - t0) / len(indexes)
-            for i, record, problem in coded:
+            for i, (record, problem) in zip(indexes, coded, strict=True):
                 encode_s[i] = seconds
                 if problem is not None:
                     status[i], error[i] = problem.status, str(problem)
@@ -210,10 +207,3 @@ class EncodeImages:
         former = CodecGroups(self.codec.batch_size)
         closed = [g for i in indexes for g in former.add({"pixels": pixels[i], "_i": i})] + former.finish()
         return [[row["_i"] for row in group] for group in closed]
-
-    def _one(self, image: np.ndarray) -> tuple[bytes | None, SPRDiffError | None]:
-        try:
-            [record] = self._compress([image])
-        except SPRDiffError as e:
-            return None, e
-        return record, None

@@ -17,7 +17,8 @@ import torch
 
 from sprdiff import bitstream, side_channels, tiling
 from sprdiff.bitstream import BitstreamError, RecordHeader
-from sprdiff.encoder import batches, padded_size
+from sprdiff.encoder import batches
+from sprdiff.images import padded_size
 from sprdiff.precision import autocast, check_precision
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from sprdiff import bitstream, side_channels, tiling
 from sprdiff.bitstream import Record, RecordHeader
+from sprdiff.images import padded_size
 from sprdiff.precision import PRECISIONS, autocast, check_precision
 
 
@@ -53,10 +54,6 @@ def check_image_array(image: np.ndarray) -> None:
                         f"to convert files")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"image has no pixels: {image.shape}")
-
-
-def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
-    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
 
 
 def image_tensor(image: np.ndarray, device: torch.device | str) -> torch.Tensor:

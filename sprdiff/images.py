@@ -144,3 +144,8 @@ def encode_png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
+    """An image's size once its sides are padded up to multiples of ``multiple`` (the model's pad multiple)."""
+    return -(-height // multiple) * multiple, -(-width // multiple) * multiple

@@ -12,7 +12,7 @@ import pytest
 from pipeline_testing import MAX_PIXELS, png_bytes
 
 from pipeline import local_runner
-from pipeline.codec_groups import NO_GROUP, CodecGroups, budgets, group_indexes, padded
+from pipeline.codec_groups import NO_GROUP, PAD_MULTIPLE, CodecGroups, budgets, group_indexes
 from pipeline.codec_runtime import CodecRuntime
 from pipeline.config import ComputeConfig, EncodeJobConfig
 from pipeline.decode_stages import DecodeRecords
@@ -21,6 +21,11 @@ from pipeline.encode_stages import FILLER_ITEM, MARKER_ITEM, EncodeImages, read_
 from pipeline.inputs import PlanRequest, build_plan
 from pipeline.storage import Location
 from sprdiff.evaluation.metrics import psnr
+from sprdiff.images import padded_size
+
+
+def padded(height: int, width: int) -> tuple[int, int]:
+    return padded_size(height, width, PAD_MULTIPLE)
 
 
 def _rows(shapes: list[tuple[int, int]]) -> list[dict]:
