@@ -32,6 +32,7 @@ class DataConfig:
     batch_size: int  # per worker
     loader_workers: int  # torch DataLoader processes per Ray worker (0: read in the training process)
     shuffle_buffer: int  # samples held for shuffling across shard members
+    sample_log: bool  # write each step's sample keys per rank under OUTPUT/samples/ (audits, resume checks)
 
     def __post_init__(self):
         if self.crop <= 0 or self.crop % 64:
@@ -126,6 +127,29 @@ class DiscriminatorConfig:
     betas: tuple[float, float]
 
 
+VALIDATION_CRITERIA = {"rd_cost": "min", "psnr": "max", "ms_ssim": "max"}  # criterion -> better direction
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Validation during training on a fixed shard set (never a held-out report set)."""
+
+    data: str | None  # URI of the validation shards (made by `sprdiff make-shards`); null: no validation
+    every: int  # steps between validations (and at the last step)
+    max_images: int  # the first this many samples of the validation shards, in key order
+    crop: int  # centre crop side (multiple of 64), so every validation sees the same pixels
+    criterion: str  # which score picks the best checkpoint (VALIDATION_CRITERIA)
+
+    def __post_init__(self):
+        if self.every < 1 or self.max_images < 1:
+            raise ValueError(f"validation.every and validation.max_images must be >= 1, got {self}")
+        if self.crop <= 0 or self.crop % 64:
+            raise ValueError(f"validation.crop must be a positive multiple of 64, got {self.crop}")
+        if self.criterion not in VALIDATION_CRITERIA:
+            raise ValueError(f"validation.criterion must be one of {sorted(VALIDATION_CRITERIA)}, "
+                             f"got {self.criterion!r}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     model: str | None  # where stage 1 starts (preset, directory or URI); stage 2 takes --model
@@ -134,7 +158,10 @@ class TrainConfig:
     vgg_layer: str
     data: DataConfig
     optimizer: OptimizerConfig
-    bf16_on_gpu: bool
+    bf16_on_gpu: bool  # bf16 autocast on CUDA, and frozen weights held in bf16 there
+    activation_checkpointing: bool  # recompute activations in the backward pass instead of keeping them
+    grad_accum: int  # micro-batches of data.batch_size per update (effective batch: × workers × this)
+    tensorboard: bool  # also write the metrics as TensorBoard event files under OUTPUT/tensorboard/
     checkpoint_every: int
     checkpoints_to_keep: int
     progress_every: int
@@ -143,8 +170,11 @@ class TrainConfig:
     stage1: StageConfig
     stage2: StageConfig
     discriminator: DiscriminatorConfig
+    validation: ValidationConfig
 
     def __post_init__(self):
+        if self.grad_accum < 1:
+            raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
         if self.vgg_layer not in VGG_LAYERS:
             raise ValueError(f"vgg_layer must be one of {sorted(VGG_LAYERS)}, got {self.vgg_layer!r}")
         if self.checkpoint_every < 1 or self.checkpoints_to_keep < 1 or self.progress_every < 1:
@@ -191,7 +221,7 @@ def _build(cls, data: Any, where: str):
         raise ValueError(f"{where}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
     nested = {"data": DataConfig, "optimizer": OptimizerConfig, "stage0": PretrainConfig, "stage1": StageConfig,
               "stage2": StageConfig,
-              "discriminator": DiscriminatorConfig, "weights": LossWeights}
+              "discriminator": DiscriminatorConfig, "weights": LossWeights, "validation": ValidationConfig}
     values = {}
     for name, value in data.items():
         if name in nested and isinstance(value, dict) and name in known:

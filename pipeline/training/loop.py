@@ -38,6 +38,7 @@ from pipeline.training.checkpoint import read_checkpoint, write_checkpoint
 from pipeline.training.config import TrainConfig
 from pipeline.training.data import crop_batches, list_shards
 from pipeline.training.export import export_model
+from pipeline.training.memory import exclude_frozen_from_ddp
 from pipeline.training.metrics import MetricsLog, Progress
 from pipeline.training.pretrain import PretrainTrainer
 from pipeline.training.stage import StageTrainer
@@ -110,7 +111,8 @@ def reduce_mean(values: torch.Tensor) -> torch.Tensor:
 
 def prepare_ddp(module: torch.nn.Module) -> torch.nn.Module:
     """DDP through Ray Train (identity with one worker). Every trained parameter gets a gradient
-    each step, so ``find_unused_parameters`` stays off."""
+    each step, so ``find_unused_parameters`` stays off; frozen weights are left out of DDP."""
+    exclude_frozen_from_ddp(module)
     return ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"find_unused_parameters": False})
 
 

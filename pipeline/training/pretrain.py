@@ -32,6 +32,7 @@ from torch import nn
 
 from pipeline.training.config import PretrainConfig, TrainConfig
 from pipeline.training.losses import chroma_mse, estimated_bpp
+from pipeline.training.memory import prepare_for_training
 from pipeline.training.stage import OptimizedTrainer, ReduceMean, SyncGrads, Wrap
 from sprdiff import SPRDiff
 
@@ -96,6 +97,7 @@ class PretrainTrainer(OptimizedTrainer):
         for name, p in self.nets.named_parameters():
             if "lora_" in name:
                 p.requires_grad_(False)  # adapters are trained in stages 1-2 on top of this base
+        prepare_for_training(self.nets, config, self.device)
         self.set_up_optimizers(self.nets, self.stage.lr, self.stage.lr_drops)
         self.net: nn.Module = self.nets
         self.latent_std = torch.ones((), device=self.device)  # running estimate, for the latent scale

@@ -26,6 +26,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from pipeline.training.config import PRETRAINED_COMPONENTS, StageConfig, TrainConfig
 from pipeline.training.discriminator import PatchDiscriminator
 from pipeline.training.losses import VGGFeatures, codec_loss, discriminator_loss
+from pipeline.training.memory import prepare_for_training
 from sprdiff import SPRDiff
 
 AUX_PARAMETER_SUFFIX = ".quantiles"  # CompressAI: EntropyBottleneck quantiles go to the aux optimizer
@@ -167,6 +168,7 @@ class StageTrainer(OptimizedTrainer):
         model.freeze_pretrained()
         for component in config.train_pretrained:  # no pretrained prior to keep (models trained from scratch)
             getattr(model, component).requires_grad_(True)
+        prepare_for_training(model, config, self.device)
         self.set_up_optimizers(model, self.stage.lr, self.stage.lr_drops, self.stage.prior_lr_scale)
         self.vgg = (VGGFeatures(config.vgg_weights, config.vgg_layer).to(self.device)
                     if self.stage.weights.perceptual > 0 else None)
