@@ -2,7 +2,8 @@
 
 A saved model is a directory (local or object store) with ``config.json`` and
 ``model.safetensors`` holding *every* weight, the pretrained components and the integer
-entropy-coding tables included, so decoding never depends on recomputing floats.
+entropy-coding tables included, so decoding never depends on recomputing floats (identical
+tables stored once: ``sprdiff.weight_layout``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import TYPE_CHECKING
 
 import fsspec
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from sprdiff import components, storage
+from sprdiff import components, storage, weight_layout
 from sprdiff.config import CONFIG_NAME, WEIGHTS_NAME, SPRDiffConfig
 from sprdiff.entropy import TABLE_BUFFERS
 from sprdiff.model_pointer import read_pointer
@@ -107,7 +109,9 @@ def _load_directory(model_class: type[SPRDiff], path: Path) -> SPRDiff:
 
 
 def load_weights(model: SPRDiff, weights: Path) -> None:
-    state = load_file(str(weights))
+    with safe_open(str(weights), framework="pt") as f:
+        copies = weight_layout.copies_in(f.metadata())
+    state = weight_layout.restore_copies(load_file(str(weights)), copies)
     # Entropy tables have data-dependent shapes: size the buffers to the saved ones first.
     for module_name, module in model.named_modules():
         for buffer_name in TABLE_BUFFERS:
@@ -124,8 +128,10 @@ def load_weights(model: SPRDiff, weights: Path) -> None:
 
 def save_pretrained(model: SPRDiff, destination: str | Path) -> None:
     """Write ``config.json`` + ``model.safetensors`` to a local directory or an fsspec URI."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = {"format": "pt", "model_id": model.model_id, "fingerprint": model.fingerprint}
+    state, copies = weight_layout.share_tables(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    metadata = {"format": "pt", "model_id": model.model_id, "fingerprint": model.fingerprint,
+                **weight_layout.shared_tables_metadata(copies)}
     destination = str(destination)
     if storage.is_remote_uri(destination):
         with tempfile.TemporaryDirectory() as tmp:

@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 import fsspec
 from safetensors import safe_open
 
-from sprdiff import storage
+from sprdiff import storage, weight_layout
 from sprdiff.config import CONFIG_NAME, WEIGHTS_NAME, SPRDiffConfig
 from sprdiff.model_card import CARD_NAME, ModelCard, read_model_card, write_model_card
 
@@ -84,13 +84,8 @@ def directory_fingerprint(directory: str | Path) -> str:
     path = Path(directory)
     config = SPRDiffConfig.from_json((path / CONFIG_NAME).read_text())
     with safe_open(str(path / WEIGHTS_NAME), framework="pt") as f:
-        names = sorted(f.keys())
-
-        def tensors():
-            for name in names:
-                yield name, f.get_tensor(name)
-
-        return fingerprint_digest(config.to_json(), tensors()).hex()
+        tensors = weight_layout.all_tensors(list(f.keys()), weight_layout.copies_in(f.metadata()), f.get_tensor)
+        return fingerprint_digest(config.to_json(), tensors).hex()
 
 
 # ---- storing
