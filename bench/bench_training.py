@@ -69,7 +69,7 @@ def loop_arm(config, stage: int, shards: str, steps: int, warmup: int) -> float:
     batches = crop_batches(list_shards(shards), config.data.crop, config.data.batch_size, 0, 1, config.seed)
     times = []
     for _ in range(steps):
-        trainer.train_step(next(batches))
+        trainer.train_step(next(batches).images)
         times.append(time.perf_counter())
     return throughput(times[warmup - 1:], config.data.batch_size)
 

@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "train_default.json"
+# Training recipes shipped beside the defaults (jobs/configs/NAME.json), for --recipe.
+RECIPES = {"paper": "the paper's two stages for sd-turbo on GPUs (jobs/configs/paper.sh runs all four)",
+           "demo": "the shipped demo model, trained on 2 CPU cores (jobs/configs/demo.sh)"}
 
 
 def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -34,6 +37,9 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--model", default=None,
                        help="preset or model dir/URI to start from (stages 0-1: the config's 'model'; stage 2: "
                             "the stage-1 run's OUTPUT/model, required)")
+    train.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                       help="a recipe shipped in jobs/configs, merged over the defaults before any --config: "
+                            + "; ".join(f"{name}: {what}" for name, what in sorted(RECIPES.items())))
     train.add_argument("--config", action="append", default=[],
                        help=f"JSON file merged over {DEFAULT_CONFIG.name}; repeat it to merge several in order, "
                             "e.g. a recipe, then a file changing one stage of it")
@@ -45,7 +51,18 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
                        help="λ_b, the rate weight (default: the config's; stage 2 rate points 8, 4, 2)")
     train.add_argument("--crop", type=int, default=None, help="random crop size (default: the config's)")
     train.add_argument("--batch-size", type=int, default=None, help="per-worker batch (default: the config's)")
+    train.add_argument("--grad-accum", type=int, default=None,
+                       help="micro-batches accumulated per update: effective batch = batch size × this × workers "
+                            "(default: the config's grad_accum)")
+    train.add_argument("--activation-checkpointing", action="store_true", default=None,
+                       help="recompute activations in the backward pass instead of keeping them: less memory, "
+                            "about a third more compute (default: the config's activation_checkpointing)")
     train.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    train.add_argument("--validation-data", default=None, metavar="URI",
+                       help="shards (sprdiff make-shards) validated during training: real bytes, PSNR, MS-SSIM, "
+                            "best checkpoint kept under OUTPUT/best (default: the config's validation.data)")
+    train.add_argument("--validate-every", type=int, default=None, metavar="N",
+                       help="steps between validations, and at the last step (default: the config's validation.every)")
     train.add_argument("--vgg-weights", default=None,
                        help="VGG16 state dict path/URI for the perceptual loss, or 'random' (toy runs)")
     train.add_argument("--resume", action="store_true",
@@ -82,9 +99,15 @@ def build_run_spec(args: argparse.Namespace):
     from pipeline.training.config import MISSING_VGG_MESSAGE, load_config
     from pipeline.training.loop import RunSpec
 
-    config = load_config(DEFAULT_CONFIG, *args.config)
+    recipe = [DEFAULT_CONFIG.parent / f"{args.recipe}.json"] if args.recipe else []
+    config = load_config(DEFAULT_CONFIG, *recipe, *args.config)
     overrides = {"vgg_weights": args.vgg_weights, "data.crop": args.crop, "data.batch_size": args.batch_size,
-                 "checkpoint_every": args.checkpoint_every}
+                 "checkpoint_every": args.checkpoint_every, "grad_accum": args.grad_accum,
+                 "activation_checkpointing": args.activation_checkpointing}
+    validation_data = args.validation_data or config.validation.data
+    if validation_data is not None:  # from the flag or a config file, made absolute like --data
+        overrides["validation.data"] = absolute_if_local(validation_data)
+    overrides["validation.every"] = args.validate_every
     config = config.with_overrides({k: v for k, v in overrides.items() if v is not None})
     model = args.model or (config.model if args.stage in (0, 1) else None)
     if model is None:
@@ -140,6 +163,10 @@ def run_train(args: argparse.Namespace) -> int:
     spec = build_run_spec(args)
     if not check_output(spec, args.resume) and args.resume:  # checked before the minute Ray takes to start
         print(f"no checkpoint under {spec.output_uri}: starting at step 0")
+    config = spec.train_config
+    batch, accum = config.data.batch_size, config.grad_accum
+    print(f"effective batch {batch * accum * args.workers} images per update (batch {batch} per worker × "
+          f"{accum} accumulated × {args.workers} workers)")
     start_ray(args.address)
     try:
         result = run_training(spec, workers=args.workers, gpus_per_worker=args.gpus_per_worker,

@@ -24,6 +24,7 @@ from torch import nn
 from transformers import Dinov2Config, Dinov2Model
 
 from sprdiff import storage
+from sprdiff.checkpointing import checkpointable
 
 VAE_ENCODER_LORA_TARGETS = ["conv_in", "conv1", "conv2", "conv_shortcut", "to_q", "to_k", "to_v", "to_out.0"]
 UNET_LORA_TARGETS = ["conv1", "conv2", "conv_shortcut", "to_q", "to_k", "to_v", "to_out.0", "proj_in",
@@ -77,12 +78,13 @@ def load_dino(source: str, cache_dir: Path | None = None) -> tuple[Dinov2Model, 
 # ---- distortion-oriented codec (CompressAI)
 
 class DistortionTransforms(nn.Module):
-    """The analysis/synthesis pair (``g_a``, ``g_s``) of a pretrained MSE codec."""
+    """The analysis/synthesis pair (``g_a``, ``g_s``) of a pretrained MSE codec, each able to checkpoint
+    its blocks (``sprdiff.checkpointing``; same children and state-dict keys as CompressAI's)."""
 
     def __init__(self, g_a: nn.Module, g_s: nn.Module, channels: int):
         super().__init__()
-        self.g_a = g_a
-        self.g_s = g_s
+        self.g_a = checkpointable(g_a, blockwise=True)
+        self.g_s = checkpointable(g_s, blockwise=True)
         self.channels = channels
 
 

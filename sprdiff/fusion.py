@@ -9,6 +9,8 @@ from timm.models.inception_next import MetaNeXtBlock
 from timm.models.mambaout import GatedConvBlock
 from torch import nn
 
+from sprdiff.checkpointing import Checkpointable, maybe_checkpoint
+
 
 class StridedBranch(nn.Module):
     """``N_k``: 1x1 conv, GELU, k x k depth-wise conv with stride 2."""
@@ -35,8 +37,9 @@ class GatedCNN(nn.Module):
         return self.block(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
 
 
-class Fusion(nn.Module):
-    """Ē_vae = N3(E_vae) + N5(E_vae); Ē_p = conv3x3(E_doe); Ē_s = resize(conv3x3(E_soe)); Ē = M(concat)."""
+class Fusion(Checkpointable, nn.Module):
+    """Ē_vae = N3(E_vae) + N5(E_vae); Ē_p = conv3x3(E_doe); Ē_s = resize(conv3x3(E_soe)); Ē = M(concat).
+    With activation checkpointing on, it is one checkpointed piece (it runs on the H/8 and H/16 grids)."""
 
     def __init__(self, vae_channels: int, doe_channels: int, semantic_channels: int, channels: int,
                  num_blocks: int):
@@ -54,6 +57,9 @@ class Fusion(nn.Module):
 
     def forward(self, vae_latent: torch.Tensor, doe_features: torch.Tensor,
                 semantic_map: torch.Tensor) -> torch.Tensor:
+        return maybe_checkpoint(self.activation_checkpointing, self._fuse, vae_latent, doe_features, semantic_map)
+
+    def _fuse(self, vae_latent: torch.Tensor, doe_features: torch.Tensor, semantic_map: torch.Tensor) -> torch.Tensor:
         # vae_latent (B, 4, H/8, W/8); doe_features (B, Nd, H/16, W/16); semantic_map (B, D, h, w)
         e_vae = self.n3(vae_latent) + self.n5(vae_latent)
         e_p = self.pixel_conv(doe_features)

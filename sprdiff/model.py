@@ -16,8 +16,9 @@ from compressai.layers import ResidualBlock, subpel_conv3x3
 from diffusers import DDPMScheduler
 from torch import nn
 
-from sprdiff import decoder, encoder, loading, tiling
+from sprdiff import checkpointing, decoder, encoder, loading, tiling
 from sprdiff.bitstream import Record, RecordHeader
+from sprdiff.checkpointing import Checkpointable, CheckpointedSequential, maybe_checkpoint
 from sprdiff.config import SPRDiffConfig
 from sprdiff.decoder import to_uint8_images  # noqa: F401 - part of this module's interface
 from sprdiff.encoder import EncodeSettings, check_image_array  # noqa: F401
@@ -43,7 +44,7 @@ class EncodedImage:
     height: int
 
 
-class SPRDiff(nn.Module):
+class SPRDiff(Checkpointable, nn.Module):
     """The codec. Build it with :meth:`from_pretrained` (see ``sprdiff.loading``)."""
 
     def __init__(self, config: SPRDiffConfig, *, vae: nn.Module, unet: nn.Module, dino: nn.Module,
@@ -58,19 +59,19 @@ class SPRDiff(nn.Module):
         self.distortion = distortion  # E_doe = g_a, D_doe = g_s of a pretrained MSE codec (frozen)
         self.dino = dino  # E_soe, used on x at the encoder and on x̄ at the decoder (frozen)
         self.fusion = Fusion(latent_ch, distortion.channels, dino_dim, c.fusion_channels, c.fusion_blocks)
-        self.latent_encoder = nn.Sequential(  # E_l: Ē -> Y, on the H/16 grid
+        self.latent_encoder = CheckpointedSequential(  # E_l: Ē -> Y, on the H/16 grid
             conv3x3(c.fusion_channels, c.transform_channels), ResidualBlock(c.transform_channels, c.transform_channels),
             conv3x3(c.transform_channels, c.latent_channels))
         self.entropy = SpaceChannelEntropyModel(c.latent_channels, c.entropy_groups, c.hyper_channels,
                                                 exact=c.exact_entropy)
         # -- decoder side
-        self.latent_decoder = nn.Sequential(  # D_l: Ŷ -> Ê in the SD latent space (H/8, 4 ch)
+        self.latent_decoder = CheckpointedSequential(  # D_l: Ŷ -> Ê in the SD latent space (H/8, 4 ch)
             conv3x3(c.latent_channels, c.transform_channels), ResidualBlock(c.transform_channels, c.transform_channels),
             subpel_conv3x3(c.transform_channels, latent_ch, 2))
-        self.transform = nn.Sequential(  # T: Ŷ -> input space of D_doe
+        self.transform = CheckpointedSequential(  # T: Ŷ -> input space of D_doe
             conv3x3(c.latent_channels, c.transform_channels), ResidualBlock(c.transform_channels, c.transform_channels),
             conv3x3(c.transform_channels, distortion.channels))
-        self.projector = nn.Sequential(  # P: x̄ -> F_p on the latent grid
+        self.projector = CheckpointedSequential(  # P: x̄ -> F_p on the latent grid
             conv3x3(3, c.projector_channels, 2), nn.GELU(), conv3x3(c.projector_channels, c.projector_channels, 2),
             nn.GELU(), conv3x3(c.projector_channels, latent_ch, 2))
         self.semantic_projection = nn.Linear(dino_dim, unet.config.cross_attention_dim)  # F_s -> cross-attn width
@@ -137,7 +138,13 @@ class SPRDiff(nn.Module):
     def semantic_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """DINOv2 tokens (B, 1 + h*w, D) of x (B, 3, H, W) and the token grid (h, w)."""
         pixels, grid = self.semantic_input(x)
-        return self.dino(pixel_values=pixels).last_hidden_state, grid
+        # transformers checkpoints DINOv2's layers in training mode only; a frozen DINOv2 runs in eval
+        # mode yet is in the gradient path on x̄, so with checkpointing on it is one piece here
+        one_piece = self.activation_checkpointing and not self.dino.training
+        return maybe_checkpoint(one_piece, self._dino_tokens, pixels), grid
+
+    def _dino_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.dino(pixel_values=pixels).last_hidden_state
 
     def semantic_map(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens of x reshaped to a map (B, D, h, w) (the CLS token is dropped)."""
@@ -246,6 +253,12 @@ class SPRDiff(nn.Module):
         return decoder.output_pixels(x_hat, header)
 
     # ---- training helpers
+
+    def enable_activation_checkpointing(self) -> None:
+        """Recompute activations in the backward pass instead of keeping them (``sprdiff.checkpointing``):
+        VAE and UNet blocks, DINOv2, g_a/g_s blocks, fusion, E_l, D_l, T and P. Same results, about
+        one more forward's compute; the entropy model (small, on the H/16 grid) keeps its activations."""
+        checkpointing.enable(self)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

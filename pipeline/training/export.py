@@ -31,9 +31,11 @@ def _join(uri: str, *parts: str) -> str:
 
 @torch.no_grad()
 def export_model(model: SPRDiff, output_uri: str, rate_id: int | None = None, *, parent: str | None = None,
-                 training_data: str | None = None, steps: int | None = None, config: dict | None = None) -> str:
+                 training_data: str | None = None, steps: int | None = None, config: dict | None = None,
+                 pointer: str = POINTER_DIR) -> str:
     """Recompute the entropy tables, stamp the rate id, store the weights under
-    ``<output_uri>/models/<fingerprint>/`` with a model card and point ``<output_uri>/model`` at them.
+    ``<output_uri>/models/<fingerprint>/`` with a model card and point ``<output_uri>/<pointer>``
+    (default ``model``) at them.
 
     Returns the new model fingerprint (what every record it encodes will carry).
     """
@@ -47,5 +49,5 @@ def export_model(model: SPRDiff, output_uri: str, rate_id: int | None = None, *,
                      training_data=training_data, steps=steps,
                      config=config if config is not None else json.loads(model.config.to_json()))
     store_model(model, _join(output_uri, MODELS_DIR), card=card)
-    write_pointer(_join(output_uri, POINTER_DIR), f"../{MODELS_DIR}/{fingerprint}", fingerprint)
+    write_pointer(_join(output_uri, pointer), f"../{MODELS_DIR}/{fingerprint}", fingerprint)
     return fingerprint

@@ -5,6 +5,8 @@ Output layout under the run's output URI (local path or any fsspec URI):
     checkpoints/step-000010/{tensors.safetensors,state.json}   every ``checkpoint_every`` steps
     checkpoints/checkpoint_manager_snapshot.json             Ray Train's index of complete checkpoints
     metrics.jsonl                                             one line per step (rank 0)
+    tensorboard/events.out.tfevents.*                         the same metrics for TensorBoard (``tensorboard``)
+    validation.jsonl, best/, best-model/                      validation, best checkpoint (``training.validation``)
     models/<fingerprint>/                                     each exported model, never overwritten
     model/pointer.json                                        points at the latest export (``training.export``)
 
@@ -36,12 +38,14 @@ from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from pipeline.training.checkpoint import read_checkpoint, write_checkpoint
 from pipeline.training.config import TrainConfig
-from pipeline.training.data import crop_batches, list_shards
+from pipeline.training.data import DataPosition, crop_batches, list_shards, resume_position
 from pipeline.training.export import export_model
 from pipeline.training.memory import exclude_frozen_from_ddp
 from pipeline.training.metrics import MetricsLog, Progress
 from pipeline.training.pretrain import PretrainTrainer
+from pipeline.training.sample_log import SampleLog
 from pipeline.training.stage import StageTrainer
+from pipeline.training.validation import BEST_POINTER_DIR, Validator, check_validation, export_best, validation_due
 from sprdiff import SPRDiff
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -109,6 +113,23 @@ def reduce_mean(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def total_skipped(position: DataPosition, rank: int, device) -> int:
+    """Damaged samples and shards skipped in what all ranks have consumed so far."""
+    mine = torch.tensor([float(position.skipped(rank))], device=device)
+    return round(reduce_mean(mine).item() * _world())
+
+
+def gather_position(position: DataPosition, rank: int, device) -> DataPosition:
+    """Every rank's position of its own readers, in one (rank 0 writes the checkpoint)."""
+    rows = torch.zeros_like(position.rows())
+    mine = position.readers_of(rank)
+    rows[mine.start:mine.stop] = position.rows()[mine.start:mine.stop]
+    if _world() > 1:
+        rows = rows.to(device)  # NCCL reduces only GPU tensors
+        dist.all_reduce(rows)
+    return position.with_rows(rows.cpu())
+
+
 def prepare_ddp(module: torch.nn.Module) -> torch.nn.Module:
     """DDP through Ray Train (identity with one worker). Every trained parameter gets a gradient
     each step, so ``find_unused_parameters`` stays off; frozen weights are left out of DDP."""
@@ -128,6 +149,7 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
     trainer = make_trainer(model, config, spec.stage, spec.lambda_rate, device)
 
     checkpoint = ray.train.get_checkpoint()
+    saved_position = None
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             saved = read_checkpoint(Path(directory))
@@ -135,6 +157,7 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
             raise ValueError(f"the checkpoint was trained from another base model than {spec.model!r} "
                              f"(fingerprint {saved['run']['base_fingerprint'][:12]}... vs {base_fingerprint[:12]}...)")
         trainer.load_state_dict(saved["trainer"])
+        saved_position = saved.get("data")  # absent in checkpoints written before positions were kept
         if rank == 0:
             say(f"resumed from step {trainer.step} ({spec.checkpoint_dir_name(trainer.step)})")
     start_step = trainer.step
@@ -143,19 +166,35 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
     trainer.distribute(prepare_ddp, sync_grads, reduce_mean)
     trainer.set_train_mode()
     data = config.data
+    position, warning = resume_position(saved_position, world, data.loader_workers, data.batch_size)
+    if warning and rank == 0:
+        say(warning)
     batches = crop_batches(list_shards(spec.data_uri), data.crop, data.batch_size, rank, world, config.seed,
-                           start_step, data.loader_workers, data.shuffle_buffer)
-    metrics = MetricsLog(spec.output_uri, keep_until_step=start_step) if rank == 0 else None
+                           data.loader_workers, data.shuffle_buffer, start=position)
+    samples = SampleLog(spec.output_uri, rank, keep_until_step=start_step) if data.sample_log else None
+    metrics = (MetricsLog(spec.output_uri, keep_until_step=start_step, tensorboard=config.tensorboard)
+               if rank == 0 else None)
+    validator = (Validator(config.validation, spec.output_uri, spec.stage, start_step)
+                 if rank == 0 and config.validation.data else None)
     progress = Progress(spec.stage, spec.steps, config.progress_every, start_step)
     run_info = {**asdict(spec), "base_fingerprint": base_fingerprint}
 
     last = time.perf_counter()
     while trainer.step < spec.steps:
-        record = trainer.train_step(next(batches))
+        micro = [next(batches) for _ in range(config.grad_accum)]
+        record = trainer.train_step([b.images for b in micro])
+        for b in micro:
+            position.consumed(b)
+        if samples is not None:
+            samples.write(trainer.step, [key for b in micro for key in b.keys])
         now = time.perf_counter()
         record.update(step=trainer.step, stage=spec.stage, lambda_rate=trainer.lambda_rate,
-                      samples_per_s=world * data.batch_size / (now - last), time=time.time())
+                      samples_per_s=world * data.batch_size * config.grad_accum / (now - last), time=time.time(),
+                      skipped_samples=total_skipped(position, rank, device))
         last = now
+        if validator is not None and validation_due(config.validation, trainer.step, spec.steps):
+            record.update(validator.run(trainer, run_info))  # rank 0; the others wait at the next all-reduce
+            last = time.perf_counter()  # validation time is not training throughput
         if metrics is not None:
             metrics.write(record)
             line = progress.update(record)
@@ -164,16 +203,32 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
         if trainer.step % config.checkpoint_every == 0 or trainer.step == spec.steps:
             if metrics is not None:
                 metrics.sync()
-            _report_checkpoint(spec, trainer, run_info, record, rank)
+            if samples is not None:
+                samples.sync()
+            if validator is not None:
+                validator.sync()
+            _report_checkpoint(spec, trainer, run_info, record, rank, gather_position(position, rank, device))
             last = time.perf_counter()  # checkpoint time is not training throughput
+        elif trainer.step % config.progress_every == 0 or validation_due(config.validation, trainer.step, spec.steps):
+            ray.train.report(_scalars(record))  # a barrier: every rank reports at the same steps
 
     if metrics is not None:
         metrics.close()
+    if validator is not None:
+        validator.close()
+    if samples is not None:
+        samples.close()
     if rank == 0:
         fingerprint = export_model(trainer.exportable(), spec.output_uri, trainer.rate_id, parent=spec.model,
                                    training_data=spec.data_uri, steps=trainer.step, config=spec.config)
         say(f"exported the model at step {trainer.step} to {output_path(spec.output_uri, 'models', fingerprint)} "
             f"(fingerprint {fingerprint[:16]}); {output_path(spec.output_uri, MODEL_DIR)} points at it")
+    if validator is not None:  # last: it loads the best checkpoint into the trainer
+        best = export_best(trainer, spec.output_uri, parent=spec.model, training_data=spec.data_uri,
+                           config=spec.config)
+        if best is not None:
+            say(f"exported the best validated checkpoint (fingerprint {best[:16]}); "
+                f"{output_path(spec.output_uri, BEST_POINTER_DIR)} points at it")
 
 
 def make_trainer(model: SPRDiff, config: TrainConfig, stage: int, lambda_rate: float,
@@ -185,15 +240,20 @@ def make_trainer(model: SPRDiff, config: TrainConfig, stage: int, lambda_rate: f
 
 
 def _report_checkpoint(spec: RunSpec, trainer: StageTrainer | PretrainTrainer, run_info: dict, record: dict,
-                       rank: int) -> None:
+                       rank: int, position: DataPosition) -> None:
     name = spec.checkpoint_dir_name(trainer.step)
-    summary = {k: v for k, v in record.items() if isinstance(v, (int, float))}
+    summary = _scalars(record)
     if rank != 0:
         ray.train.report(summary, checkpoint=None, checkpoint_dir_name=name)
         return
     with tempfile.TemporaryDirectory(prefix="sprdiff-ckpt-") as tmp:
-        write_checkpoint(Path(tmp), {"trainer": trainer.state_dict(), "run": run_info})
+        write_checkpoint(Path(tmp), {"trainer": trainer.state_dict(), "run": run_info, "data": position.to_dict()})
         ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+
+
+def _scalars(record: dict) -> dict:
+    """What Ray Train gets of a step record: its numbers (a validation score may be None)."""
+    return {k: v for k, v in record.items() if isinstance(v, (int, float))}
 
 
 # ---- on the driver
@@ -215,6 +275,7 @@ def check_output(spec: RunSpec, resume: bool) -> bool:
         raise ValueError(f"{output_path(spec.output_uri, CHECKPOINTS_DIR)} holds checkpoints of an earlier run: pass "
                          f"--resume to continue it, or choose another --output")
     list_shards(spec.data_uri)
+    check_validation(spec.train_config.validation)
     return found
 
 

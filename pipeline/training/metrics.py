@@ -1,25 +1,38 @@
-"""Per-step metrics: ``metrics.jsonl`` under the run's output URI and a progress line.
+"""Per-step metrics: ``metrics.jsonl`` under the run's output URI, TensorBoard event files and a
+progress line.
 
 Local outputs get one appended, flushed line per step (``tail -f`` works). Object stores
 cannot append, so there the file is rewritten at every checkpoint and at the end. A resumed
 run first drops the lines after the checkpoint it resumes from, so the file holds each step
 exactly once.
+
+With ``tensorboard`` the same records go to ``OUTPUT/tensorboard/`` as scalars (tensorboardX):
+``train/<name>`` for the step's metrics, ``val/<name>`` for its ``val_<name>`` validation scores.
+Event files are written locally (on object stores in a temporary folder uploaded at every
+checkpoint and at the end); a resumed run starts a new file whose ``purge_step`` makes
+TensorBoard drop the killed run's events after the checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import tempfile
 import time
+from pathlib import Path
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 METRICS_NAME = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+NOT_SCALARS = ("step", "time")  # the x axis and the wall time of every scalar
+VALIDATION_PREFIX = "val_"
 
 
 class MetricsLog:
-    def __init__(self, output_uri: str, keep_until_step: int):
-        self.fs, self.path = fsspec.core.url_to_fs(f"{output_uri.rstrip('/')}/{METRICS_NAME}")
+    def __init__(self, output_uri: str, keep_until_step: int, name: str = METRICS_NAME, tensorboard: bool = False):
+        self.fs, self.path = fsspec.core.url_to_fs(f"{output_uri.rstrip('/')}/{name}")
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.lines: list[str] = []
         if self.fs.exists(self.path):
@@ -32,6 +45,7 @@ class MetricsLog:
             with open(self.path, "w") as f:
                 f.writelines(self.lines)
             self._file = open(self.path, "a")  # kept open for the run, closed in close()
+        self.tensorboard = TensorBoardLog(output_uri, keep_until_step + 1) if tensorboard else None
 
     def write(self, record: dict) -> None:
         line = json.dumps(record, sort_keys=True) + "\n"
@@ -40,17 +54,68 @@ class MetricsLog:
             self._file.flush()
         else:
             self.lines.append(line)
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
 
     def sync(self) -> None:
-        """Make the stored file complete up to now (object stores: rewrite it)."""
+        """Make the stored files complete up to now (object stores: rewrite or upload them)."""
         if self._file is None:
             self.fs.pipe_file(self.path, "".join(self.lines).encode())
+        if self.tensorboard is not None:
+            self.tensorboard.sync()
 
     def close(self) -> None:
         self.sync()
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+
+
+class TensorBoardLog:
+    """Every finite number of a step record as a TensorBoard scalar at that step."""
+
+    def __init__(self, output_uri: str, purge_step: int):
+        from tensorboardX import SummaryWriter
+
+        self.fs, self.root = fsspec.core.url_to_fs(f"{output_uri.rstrip('/')}/{TENSORBOARD_DIR}")
+        self._staging = None
+        if isinstance(self.fs, LocalFileSystem):
+            logdir = self.root
+        else:  # written here, uploaded by sync()
+            self._staging = tempfile.TemporaryDirectory(prefix="sprdiff-tb-")
+            logdir = self._staging.name
+        # purge_step: TensorBoard drops events at or after it from the files written before this one
+        self.writer = SummaryWriter(logdir=logdir, purge_step=purge_step)
+        self.logdir = Path(logdir)
+
+    def write(self, record: dict) -> None:
+        step, walltime = record["step"], record.get("time")
+        for name, value in record.items():
+            if name in NOT_SCALARS or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if not math.isfinite(value):
+                continue
+            tag = f"val/{name[len(VALIDATION_PREFIX):]}" if name.startswith(VALIDATION_PREFIX) else f"train/{name}"
+            self.writer.add_scalar(tag, value, step, walltime=walltime)
+
+    def sync(self) -> None:
+        self.writer.flush()
+        self._upload()
+
+    def close(self) -> None:
+        self.writer.close()
+        self._upload()
+        if self._staging is not None:
+            self._staging.cleanup()
+
+    def _upload(self) -> None:
+        if self._staging is not None:  # whole files: event files of a run are small
+            self.fs.makedirs(self.root, exist_ok=True)
+            for file in sorted(self.logdir.iterdir()):
+                self.fs.put_file(str(file), f"{self.root}/{file.name}")
 
 
 class Progress:

@@ -33,7 +33,7 @@ from torch import nn
 from pipeline.training.config import PretrainConfig, TrainConfig
 from pipeline.training.losses import chroma_mse, estimated_bpp
 from pipeline.training.memory import prepare_for_training
-from pipeline.training.stage import OptimizedTrainer, ReduceMean, SyncGrads, Wrap
+from pipeline.training.stage import OptimizedTrainer, ReduceMean, SyncGrads, Wrap, micro_batch_list
 from sprdiff import SPRDiff
 
 LATENT_STD_MOMENTUM = 0.99
@@ -110,25 +110,29 @@ class PretrainTrainer(OptimizedTrainer):
     def set_train_mode(self) -> None:
         self.nets.train()
 
-    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor | list[torch.Tensor]) -> dict[str, float]:
+        """One update on a batch, or on a list of micro-batches whose gradients are accumulated."""
         started = time.perf_counter()
-        x = x.to(self.device, non_blocking=True)
+        micro_batches = micro_batch_list(x, self.device)
         lr = self.optimizer.param_groups[0]["lr"]
         s = self.stage
         self.optimizer.zero_grad(set_to_none=True)
-        terms = self.net(x, s.mask_ratio, s.vae_latent)
-        vae_loss = terms["vae_mse"] + s.vae_chroma * terms["vae_chroma"] + s.vae_kl * terms["vae_kl"]
-        codec_loss = s.distortion_lambda * 255 ** 2 * terms["codec_mse"] + terms["bpp"]
-        loss = vae_loss + codec_loss + terms["mim"]
-        grad_norm, aux_loss = self.update(loss, self.nets.codec.aux_loss)
+
+        def pretrain_loss(xb: torch.Tensor):
+            terms = self.net(xb, s.mask_ratio, s.vae_latent)
+            vae_loss = terms["vae_mse"] + s.vae_chroma * terms["vae_chroma"] + s.vae_kl * terms["vae_kl"]
+            codec_loss = s.distortion_lambda * 255 ** 2 * terms["codec_mse"] + terms["bpp"]
+            return vae_loss + codec_loss + terms["mim"], terms
+
+        terms = self.backward_micro_batches([self.net], micro_batches, pretrain_loss)
+        grad_norm, aux_loss = self.step_optimizers(self.nets.codec.aux_loss)
 
         self.step += 1
         std = self.reduce_mean(terms["latent_std"].reshape(1)).squeeze(0)
         momentum = 0.0 if self.step == 1 else LATENT_STD_MOMENTUM
         self.latent_std = momentum * self.latent_std + (1 - momentum) * std
-        metrics = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}, "aux_loss": aux_loss.detach(),
-                   "grad_norm": grad_norm.detach(), "vae_psnr": -10 * torch.log10(terms["vae_mse"].detach()),
-                   "codec_psnr": -10 * torch.log10(terms["codec_mse"].detach())}
+        metrics = {**terms, "aux_loss": aux_loss.detach(), "grad_norm": grad_norm.detach(),
+                   "vae_psnr": -10 * torch.log10(terms["vae_mse"]), "codec_psnr": -10 * torch.log10(terms["codec_mse"])}
         return self.averaged(metrics, lr, started)
 
     @torch.no_grad()

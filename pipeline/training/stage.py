@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from compressai.entropy_models import EntropyBottleneck
@@ -26,7 +27,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from pipeline.training.config import PRETRAINED_COMPONENTS, StageConfig, TrainConfig
 from pipeline.training.discriminator import PatchDiscriminator
 from pipeline.training.losses import VGGFeatures, codec_loss, discriminator_loss
-from pipeline.training.memory import prepare_for_training
+from pipeline.training.memory import prepare_for_training, trains_in_bf16
 from sprdiff import SPRDiff
 
 AUX_PARAMETER_SUFFIX = ".quantiles"  # CompressAI: EntropyBottleneck quantiles go to the aux optimizer
@@ -129,10 +130,32 @@ class OptimizedTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         follow_schedule(self.scheduler, self.schedule, self.base_lrs)
 
-    def update(self, loss: torch.Tensor, aux_loss: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Backward ``loss``, clip and step the main optimizer; then minimise ``aux_loss()`` (CompressAI's
-        auxiliary loss, fitting the EntropyBottleneck quantiles). Returns (grad norm, aux loss)."""
-        loss.backward()
+    def backward_micro_batches(self, nets: Iterable[nn.Module | None], micro_batches: list,
+                               loss_of: Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+                               ) -> dict[str, torch.Tensor]:
+        """Gradient accumulation: backward ``loss_of(x) / n`` for each of the n micro-batches, so the
+        summed gradients are those of the mean loss over all of them -- the same update as one batch
+        of them all, for models whose samples do not interact. DDP (``nets`` wrapped by
+        ``distribute``) all-reduces only after the last one. Returns the metrics averaged over the
+        micro-batches."""
+        n = len(micro_batches)
+        totals: dict[str, torch.Tensor] = {}
+        for i, x in enumerate(micro_batches):
+            with contextlib.ExitStack() as stack:
+                if i < n - 1:
+                    for net in nets:
+                        if hasattr(net, "no_sync"):  # DDP: accumulate locally, sync once
+                            stack.enter_context(net.no_sync())
+                loss, metrics = loss_of(x)
+                (loss / n).backward()
+            for name, value in {"loss": loss, **metrics}.items():
+                totals[name] = totals.get(name, 0) + value.detach().float() / n
+        return totals
+
+    def step_optimizers(self, aux_loss: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip and step the main optimizer on the accumulated gradients; then minimise ``aux_loss()``
+        (CompressAI's auxiliary loss, fitting the EntropyBottleneck quantiles). Returns (grad norm,
+        aux loss)."""
         clip = self.config.optimizer.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.main_params, clip if clip > 0 else float("inf"))
         self.optimizer.step()
@@ -155,6 +178,14 @@ class OptimizedTrainer:
         return result
 
 
+def micro_batch_list(x: torch.Tensor | list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """A batch, or the micro-batches of one accumulated update, as a list on ``device``."""
+    batches = [x] if isinstance(x, torch.Tensor) else list(x)
+    if not batches:
+        raise ValueError("train_step needs at least one micro-batch")
+    return [b.to(device, non_blocking=True) for b in batches]
+
+
 class StageTrainer(OptimizedTrainer):
     def __init__(self, model: SPRDiff, config: TrainConfig, stage: int, lambda_rate: float | None = None,
                  device: torch.device | str = "cpu"):
@@ -163,7 +194,7 @@ class StageTrainer(OptimizedTrainer):
         self.stage: StageConfig = config.stage(stage)
         self.lambda_rate = self.stage.lambda_rate if lambda_rate is None else float(lambda_rate)
         self.device = torch.device(device)
-        self.use_bf16 = config.bf16_on_gpu and self.device.type == "cuda"
+        self.use_bf16 = trains_in_bf16(config, self.device)
         self.model = model.to(self.device)
         model.freeze_pretrained()
         for component in config.train_pretrained:  # no pretrained prior to keep (models trained from scratch)
@@ -206,30 +237,39 @@ class StageTrainer(OptimizedTrainer):
 
     # ---- one update
 
-    def train_step(self, x: torch.Tensor) -> dict[str, float]:
-        """One update on a batch x (B, 3, H, W) in [0, 1]; returns the metrics averaged over workers."""
+    def train_step(self, x: torch.Tensor | list[torch.Tensor]) -> dict[str, float]:
+        """One update on a batch x (B, 3, H, W) in [0, 1], or on a list of micro-batches whose
+        gradients are accumulated (``grad_accum``); returns the metrics averaged over workers."""
         started = time.perf_counter()
-        x = x.to(self.device, non_blocking=True)
+        micro_batches = micro_batch_list(x, self.device)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            out = self.net(x)
-            fake_logits = self.d_net(out["x_hat"]) if self.d_net is not None else None
-        loss, terms = codec_loss(x, out, self.vgg, self.stage.weights, self.lambda_rate, fake_logits)
-        grad_norm, aux_loss = self.update(loss, self.model.entropy.aux_loss)
+        fakes: list[torch.Tensor] = []
 
-        metrics = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}, "aux_loss": aux_loss.detach(),
-                   "grad_norm": grad_norm.detach()}
+        def generator_loss(xb: torch.Tensor):
+            with self._autocast():
+                out = self.net(xb)
+                fake_logits = self.d_net(out["x_hat"]) if self.d_net is not None else None
+            fakes.append(out["x_hat"].detach())
+            return codec_loss(xb, out, self.vgg, self.stage.weights, self.lambda_rate, fake_logits)
+
+        metrics = self.backward_micro_batches([self.net, self.d_net], micro_batches, generator_loss)
+        grad_norm, aux_loss = self.step_optimizers(self.model.entropy.aux_loss)
+        metrics.update(aux_loss=aux_loss.detach(), grad_norm=grad_norm.detach())
+
         if self.discriminator is not None:
             self.d_optimizer.zero_grad(set_to_none=True)  # drop what the generator loss left there
-            with self._autocast():
-                logits = self.d_net(torch.cat([x, out["x_hat"].detach()]))  # one forward: real and fake
-            real, fake = logits.float().chunk(2)
-            d_loss = discriminator_loss(real, fake)
-            d_loss.backward()
+
+            def d_loss_of(real_and_fake: tuple[torch.Tensor, torch.Tensor]):
+                with self._autocast():
+                    logits = self.d_net(torch.cat(real_and_fake))  # one forward: real and fake
+                real_logits, fake_logits = logits.float().chunk(2)
+                return discriminator_loss(real_logits, fake_logits), {}
+
+            pairs = list(zip(micro_batches, fakes, strict=True))
+            metrics["d_loss"] = self.backward_micro_batches([self.d_net], pairs, d_loss_of)["loss"]
             self.d_optimizer.step()
             self.d_scheduler.step()
-            metrics["d_loss"] = d_loss.detach()
         self.step += 1
         return self.averaged(metrics, lr, started)
 

@@ -16,7 +16,8 @@ PLATFORM_OVERLAYS = [o for o in OVERLAYS if not o.endswith("-jobs")]
 JOBS_OVERLAYS = [o for o in OVERLAYS if o.endswith("-jobs")]
 # The jobs the issue asks for, by their sprdiff.io/job label, and the subcommands they run.
 JOBS = {"encode": "encode-job", "decode": "decode-job", "make-shards": "make-shards",
-        "train-stage1": "train", "train-stage2": "train"}
+        "train-stage1": "train", "train-stage2": "train", "train-stage2-lambda4": "train",
+        "train-stage2-lambda2": "train"}
 NIGHTLY = "sprdiff-nightly-archive"
 
 
@@ -83,6 +84,7 @@ def test_a_typo_in_a_base_manifest_fails_every_overlay_that_renders_it(tmp_path,
     broken = {p.split(":")[0] for p in problems if "'volumeMount' was unexpected" in p}
     assert broken == {"RayCluster sprdiff", "RayJob sprdiff-encode", "RayJob sprdiff-decode",
                       "RayJob sprdiff-train-stage1", "RayJob sprdiff-train-stage2",
+                      "RayJob sprdiff-train-stage2-lambda4", "RayJob sprdiff-train-stage2-lambda2",
                       "RayCronJob sprdiff-nightly-archive"}, report(problems)
 
 
@@ -155,6 +157,12 @@ def test_the_jobs_overlays_hold_one_rayjob_per_job(overlay, rendered):
     assert (train1.stage, train2.stage) == (1, 2)
     assert train2.model == train1.output.rstrip("/") + "/model", "stage 2 must start from stage 1's model"
     assert train1.resume and train2.resume, "a retried training job must resume from its checkpoints"
+    rates = {}
+    for label in ("train-stage2", "train-stage2-lambda4", "train-stage2-lambda2"):
+        args = ic.parse_sprdiff(ic.command_argv(ic.commands([jobs[label]])[0], resources))
+        assert args.model == train2.model and args.recipe == train1.recipe == "paper" and args.resume
+        rates[args.lambda_rate] = args.output
+    assert sorted(rates) == [2, 4, 8] and len(set(rates.values())) == 3, "one output per rate point"
 
 
 @pytest.mark.parametrize("overlay", PLATFORM_OVERLAYS)

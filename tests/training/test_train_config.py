@@ -112,3 +112,67 @@ def test_the_demo_recipes_haarpsi_runs_add_only_the_haarpsi_term_and_keep_rate_i
     assert run.stage2.rate_id_for(run.stage2.lambda_rate) == 0  # still the demo model's one rate point
     assert run.stage1 == demo.stage1 and run.stage0 == demo.stage0
     assert extra in (configs / "demo.sh").read_text()
+
+
+def test_memory_and_accumulation_flags_reach_the_config(tmp_path, monkeypatch):
+    from jobs.cli import build_parser
+    from jobs.train_commands import build_run_spec
+
+    monkeypatch.chdir(tmp_path)
+    base = ["train", "--stage", "1", "--data", "shards", "--output", "run", "--vgg-weights", "random"]
+    spec = build_run_spec(build_parser().parse_args(base))
+    assert (spec.train_config.grad_accum, spec.train_config.activation_checkpointing) == (1, False)
+    spec = build_run_spec(build_parser().parse_args([*base, "--grad-accum", "4", "--activation-checkpointing"]))
+    assert (spec.train_config.grad_accum, spec.train_config.activation_checkpointing) == (4, True)
+    with pytest.raises(ValueError, match="grad_accum must be >= 1"):
+        build_run_spec(build_parser().parse_args([*base, "--grad-accum", "0"]))
+
+
+def test_validation_settings_are_checked():
+    config = load_config(DEFAULT_CONFIG)
+    assert config.validation.data is None  # no validation unless a validation shard set is named
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        config.with_overrides({"validation.criterion": "lpips"})
+    with pytest.raises(ValueError, match="multiple of 64"):
+        config.with_overrides({"validation.crop": 100})
+
+
+def test_the_paper_recipe_is_the_papers_schedule_for_sd_turbo(tmp_path, monkeypatch):
+    from jobs.cli import build_parser
+    from jobs.train_commands import build_run_spec
+
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["train", "--stage", "2", "--recipe", "paper", "--data", "shards", "--output",
+                                      "run", "--model", "runs/stage1/model", "--lambda-rate", "4",
+                                      "--vgg-weights", "vgg16.pth"])
+    spec = build_run_spec(args)
+    config = spec.train_config
+    assert config.model == "sd-turbo" and (config.data.crop, config.data.batch_size) == (512, 1)
+    assert config.activation_checkpointing and config.bf16_on_gpu
+    assert (config.stage1.steps, config.stage1.lr, config.stage1.lambda_rate) == (30000, 1e-4, 0.5)
+    assert (config.stage2.steps, config.stage2.lr) == (30000, 5e-5)
+    assert {float(k): v for k, v in config.stage2.rate_ids.items()} == {8.0: 0, 4.0: 1, 2.0: 2}
+    assert spec.lambda_rate == 4.0 and spec.steps == 30000
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--stage", "1", "--recipe", "papers", "--data", "d", "--output", "o"])
+
+
+def test_the_paper_script_runs_stage1_then_stage2_at_each_rate_point(tmp_path):
+    """paper.sh with a stand-in for the sprdiff command that records its arguments."""
+    import subprocess
+
+    recorder = tmp_path / "sprdiff"
+    recorder.write_text('#!/usr/bin/env bash\necho "$@" >> "$(dirname "$0")/calls.txt"\n')
+    recorder.chmod(0o755)
+    script = Path(DEFAULT_CONFIG).parent / "paper.sh"
+    env = {"PATH": "/usr/bin:/bin", "DATA": "s3://c/shards/", "VGG": "s3://w/vgg.pth", "RUN": "s3://r/paper",
+           "SPRDIFF": str(recorder), "WORKERS": "8"}
+    subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True)
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert len(calls) == 4
+    assert calls[0].startswith("train --stage 1 --recipe paper") and "--output s3://r/paper/stage1" in calls[0]
+    for call, rate in zip(calls[1:], ("8", "4", "2")):
+        assert call.startswith("train --stage 2 --recipe paper") and f"--lambda-rate {rate} " in call + " "
+        assert "--model s3://r/paper/stage1/model" in call and "--resume" in call and "--workers 8" in call
+    missing = subprocess.run(["bash", str(script)], env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert missing.returncode != 0 and "set DATA" in missing.stderr

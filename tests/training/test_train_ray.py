@@ -3,9 +3,12 @@ the exported model used by the codec CLI. One local Ray (2 CPUs) serves the whol
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
+import struct
 import tempfile
 import uuid
 from pathlib import Path
@@ -54,7 +57,8 @@ def bucket(s3_endpoint) -> str:
 def config_file(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("config") / "fast.json"
     path.write_text(json.dumps({"data": {"loader_workers": 0, "shuffle_buffer": 4},
-                                "discriminator": {"channels": 16}, "progress_every": 1}))
+                                "discriminator": {"channels": 16}, "progress_every": 1,
+                                "validation": {"crop": 192, "max_images": 3}}))  # 192: MS-SSIM is defined
     return str(path)
 
 
@@ -69,13 +73,23 @@ def read_metrics(uri: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def stage1_output(ray_cluster, bucket, shared_image_folder, config_file) -> str:
-    """Stage 1, shards and output on S3."""
+def stage1_run(ray_cluster, bucket, shared_image_folder, config_file) -> tuple[str, dict]:
+    """Stage 1, shards and output on S3, validated at steps 2 and 3; the output and the summary printed."""
     make_shards(str(shared_image_folder), f"{bucket}/shards", crop=64, per_shard=2, threads=2)
+    make_shards(str(shared_image_folder), f"{bucket}/val-shards", crop=64, per_shard=2, threads=2)
     output = f"{bucket}/runs/stage1"
-    assert train("--stage", "1", "--data", f"{bucket}/shards", "--output", output, "--model", "tiny",
-                 "--steps", "3", config=config_file) == 0
-    return output
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert train("--stage", "1", "--data", f"{bucket}/shards", "--output", output, "--model", "tiny",
+                     "--steps", "3", "--validation-data", f"{bucket}/val-shards", "--validate-every", "2",
+                     config=config_file) == 0
+    summary = [line for line in printed.getvalue().splitlines() if line.startswith('{"stage"')]
+    return output, json.loads(summary[-1])
+
+
+@pytest.fixture(scope="module")
+def stage1_output(stage1_run) -> str:
+    return stage1_run[0]
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +116,44 @@ def test_stage1_on_s3_with_two_workers(stage1_output):
     assert state["trainer"]["step"] == 3 and state["run"]["stage"] == 1
     model = SPRDiff.from_pretrained(f"{stage1_output}/model")
     assert model.fingerprint != SPRDiff.from_pretrained("tiny").fingerprint
+
+
+def read_scalars(fs, folder: str) -> dict[str, dict[int, float]]:
+    """tag -> {step: value} of every TensorBoard event file in ``folder`` (TFRecord framing read by hand)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[str, dict[int, float]] = {}
+    for path in fs.ls(folder, detail=False):
+        data, pos = fs.cat_file(path), 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = Event.FromString(data[pos + 12:pos + 12 + length])  # length, its crc, data, its crc
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars
+
+
+def test_stage1_validates_keeps_the_best_and_writes_tensorboard(stage1_run):
+    output, summary = stage1_run
+    fs = fsspec.filesystem("s3")
+    lines = read_metrics(f"{output}/validation.jsonl")
+    assert [line["step"] for line in lines] == [2, 3]
+    assert all(line["bpp"] > 0 and line["psnr"] > 0 and 0 < line["ms_ssim"] < 1 and line["rd_cost"] > 0
+               for line in lines)
+    metrics = {m["step"]: m for m in read_metrics(f"{output}/metrics.jsonl")}
+    assert "val_bpp" not in metrics[1] and metrics[3]["val_bpp"] == lines[1]["bpp"]
+    assert {"val_bpp", "val_psnr", "val_ms_ssim", "val_rd_cost"} <= set(summary["metrics"])  # ray.train.report
+
+    best = json.loads(fs.cat_file(f"{output}/best/best.json"))
+    assert best["criterion"] == "rd_cost" and best["value"] == min(line["rd_cost"] for line in lines)
+    assert fs.isfile(f"{output}/best/{best['checkpoint']}/state.json")
+    assert read_pointer(f"{output}/best-model") is not None
+
+    scalars = read_scalars(fs, f"{output}/tensorboard")
+    assert sorted(scalars["train/loss"]) == [1, 2, 3]
+    assert scalars["train/loss"][3] == pytest.approx(metrics[3]["loss"], rel=1e-6)  # float32 in the file
+    assert sorted(scalars["val/bpp"]) == [2, 3]
 
 
 def test_stage2_from_stage1_on_local_disk(stage2_output):
