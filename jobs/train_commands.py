@@ -166,7 +166,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = spec.train_config
     batch, accum = config.data.batch_size, config.grad_accum
     print(f"effective batch {batch * accum * args.workers} images per update (batch {batch} per worker × "
-          f"{accum} accumulated × {args.workers} workers)")
+          f"{accum} accumulated × {args.workers} worker{'s' if args.workers != 1 else ''})")
     start_ray(args.address)
     try:
         result = run_training(spec, workers=args.workers, gpus_per_worker=args.gpus_per_worker,

@@ -43,7 +43,7 @@ from pipeline.training.export import export_model
 from pipeline.training.memory import exclude_frozen_from_ddp
 from pipeline.training.metrics import MetricsLog, Progress
 from pipeline.training.pretrain import PretrainTrainer
-from pipeline.training.sample_log import SampleLog
+from pipeline.training.sample_log import open_sample_log
 from pipeline.training.stage import StageTrainer
 from pipeline.training.validation import BEST_POINTER_DIR, Validator, check_validation, export_best, validation_due
 from sprdiff import SPRDiff
@@ -171,7 +171,7 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
         say(warning)
     batches = crop_batches(list_shards(spec.data_uri), data.crop, data.batch_size, rank, world, config.seed,
                            data.loader_workers, data.shuffle_buffer, start=position)
-    samples = SampleLog(spec.output_uri, rank, keep_until_step=start_step) if data.sample_log else None
+    samples = open_sample_log(spec.output_uri, rank, keep_until_step=start_step) if data.sample_log else None
     metrics = (MetricsLog(spec.output_uri, keep_until_step=start_step, tensorboard=config.tensorboard)
                if rank == 0 else None)
     validator = (Validator(config.validation, spec.output_uri, spec.stage, start_step)
@@ -186,7 +186,7 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
         for b in micro:
             position.consumed(b)
         if samples is not None:
-            samples.write(trainer.step, [key for b in micro for key in b.keys])
+            samples.write({"step": trainer.step, "keys": [key for b in micro for key in b.keys]})
         now = time.perf_counter()
         record.update(step=trainer.step, stage=spec.stage, lambda_rate=trainer.lambda_rate,
                       samples_per_s=world * data.batch_size * config.grad_accum / (now - last), time=time.time(),

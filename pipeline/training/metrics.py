@@ -31,6 +31,9 @@ VALIDATION_PREFIX = "val_"
 
 
 class MetricsLog:
+    """One JSON line per step in ``OUTPUT/<name>`` (``metrics.jsonl``; also ``validation.jsonl`` and the
+    sample logs), optionally mirrored to TensorBoard."""
+
     def __init__(self, output_uri: str, keep_until_step: int, name: str = METRICS_NAME, tensorboard: bool = False):
         self.fs, self.path = fsspec.core.url_to_fs(f"{output_uri.rstrip('/')}/{name}")
         self.is_local = isinstance(self.fs, LocalFileSystem)
