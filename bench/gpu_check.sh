@@ -7,14 +7,7 @@
 # Usage: bash bench/gpu_check.sh            (from the repository root; sets up .venv if needed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
-  echo "gpu_check: no CUDA GPU here (nvidia-smi finds none); run this on a GPU machine" >&2
-  exit 2
-fi
-[ -x .venv/bin/python ] || bash scripts/setup.sh
-.venv/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: torch sees no CUDA device (a CPU-only torch build?)')"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456
+CHECK=gpu_check source bench/gpu_preflight.sh
 timeout 420 .venv/bin/python bench/bench_gpu_codec.py --model sd-turbo --device cuda --sizes 512x512,768x512 \
   --batches 1,8 --precisions fp32,bf16 --repeats 3
 timeout 120 .venv/bin/python -m pytest -q -m gpu tests/

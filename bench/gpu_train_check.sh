@@ -7,13 +7,6 @@
 # Usage: bash bench/gpu_train_check.sh      (from the repository root; sets up .venv if needed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
-  echo "gpu_train_check: no CUDA GPU here (nvidia-smi finds none); run this on a GPU machine" >&2
-  exit 2
-fi
-[ -x .venv/bin/python ] || bash scripts/setup.sh
-.venv/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_train_check: torch sees no CUDA device (a CPU-only torch build?)')"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456
+CHECK=gpu_train_check source bench/gpu_preflight.sh
 timeout 330 .venv/bin/python bench/bench_gpu_train.py --model sd-turbo --device cuda --crop 512 --batch 1 \
   --steps 20 --warmup 2 --stages 1,2

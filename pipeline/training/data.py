@@ -125,14 +125,20 @@ def image_bytes(sample: dict) -> bytes | None:
     return None
 
 
+def cover(pixels: np.ndarray, crop: int) -> np.ndarray:
+    """``pixels`` upscaled (bicubic) so the short side is at least ``crop``; as they are if it is."""
+    h, w = pixels.shape[:2]
+    if min(h, w) >= crop:
+        return pixels
+    scale = crop / min(h, w)
+    size = (max(crop, round(w * scale)), max(crop, round(h * scale)))
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC))
+
+
 def random_crop(pixels: np.ndarray, crop: int, rng: random.Random) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, crop, crop) float in [0, 1]; upscales first if a side is short."""
+    pixels = cover(pixels, crop)
     h, w = pixels.shape[:2]
-    if min(h, w) < crop:
-        scale = crop / min(h, w)
-        size = (max(crop, round(w * scale)), max(crop, round(h * scale)))
-        pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC))
-        h, w = pixels.shape[:2]
     top, left = rng.randint(0, h - crop), rng.randint(0, w - crop)
     patch = np.require(pixels[top:top + crop, left:left + crop], requirements=["C", "W"])  # a read-only crop is copied
     return torch.from_numpy(patch).permute(2, 0, 1).float().div_(255.0)
@@ -278,7 +284,7 @@ class ShardCrops(IterableDataset):
             usable = 0
             # islice walks past the consumed indices: tar bytes are read, nothing is decoded
             for index, sample in itertools.islice(enumerate(self.epoch_samples(reader, readers, epoch)), ahead, None):
-                pixels = self._pixels(sample)
+                pixels = sample_pixels(sample)
                 if pixels is None:
                     skipped += 1
                     continue
@@ -290,21 +296,22 @@ class ShardCrops(IterableDataset):
                                    f"{len(self.shards)} shard(s) starting with {self.shards[:1]}")
             ahead = 0
 
-    @staticmethod
-    def _pixels(sample: dict) -> np.ndarray | None:
-        """The decoded image, or None (with a warning) for a damaged sample or shard."""
-        if DAMAGED in sample:
-            log.warning("skipping the rest of damaged shard %s: %s", sample["__url__"], sample[DAMAGED])
-            return None
-        data = image_bytes(sample)
-        try:
-            if data is None:
-                raise ImageError(f"no image member (one of {', '.join(IMAGE_EXTENSIONS)})", status="not_image")
-            return load_image(data)
-        except ImageError as e:
-            log.warning("skipping sample %s of %s: %s (%s)", sample.get("__key__"), sample.get("__url__"), e,
-                        e.status)
-            return None
+
+
+def sample_pixels(sample: dict) -> np.ndarray | None:
+    """The decoded image, or None (with a warning) for a damaged sample or shard."""
+    if DAMAGED in sample:
+        log.warning("skipping the rest of damaged shard %s: %s", sample["__url__"], sample[DAMAGED])
+        return None
+    data = image_bytes(sample)
+    try:
+        if data is None:
+            raise ImageError(f"no image member (one of {', '.join(IMAGE_EXTENSIONS)})", status="not_image")
+        return load_image(data)
+    except ImageError as e:
+        log.warning("skipping sample %s of %s: %s (%s)", sample.get("__key__"), sample.get("__url__"), e,
+                    e.status)
+        return None
 
 
 def crop_batches(shards: list[str], crop: int, batch_size: int, rank: int, world_size: int, seed: int,

@@ -16,6 +16,7 @@ import json
 
 import torch
 
+from pipeline.training.paths import output_path
 from sprdiff import SPRDiff
 from sprdiff.model_card import ModelCard
 from sprdiff.model_pointer import write_pointer
@@ -23,10 +24,6 @@ from sprdiff.model_store import store_model
 
 MODELS_DIR = "models"  # OUTPUT/models/<fingerprint>/: every export of a run, by fingerprint
 POINTER_DIR = "model"  # OUTPUT/model: a pointer to the latest export
-
-
-def _join(uri: str, *parts: str) -> str:
-    return "/".join([uri.rstrip("/"), *parts])
 
 
 @torch.no_grad()
@@ -48,6 +45,6 @@ def export_model(model: SPRDiff, output_uri: str, rate_id: int | None = None, *,
     card = ModelCard(model_id=model.config.model_id, fingerprint=fingerprint, parent=parent,
                      training_data=training_data, steps=steps,
                      config=config if config is not None else json.loads(model.config.to_json()))
-    store_model(model, _join(output_uri, MODELS_DIR), card=card)
-    write_pointer(_join(output_uri, pointer), f"../{MODELS_DIR}/{fingerprint}", fingerprint)
+    store_model(model, output_path(output_uri, MODELS_DIR), card=card)
+    write_pointer(output_path(output_uri, pointer), f"../{MODELS_DIR}/{fingerprint}", fingerprint)
     return fingerprint

@@ -42,6 +42,7 @@ from pipeline.training.data import DataPosition, crop_batches, list_shards, resu
 from pipeline.training.export import export_model
 from pipeline.training.memory import exclude_frozen_from_ddp
 from pipeline.training.metrics import MetricsLog, Progress
+from pipeline.training.paths import output_path
 from pipeline.training.pretrain import PretrainTrainer
 from pipeline.training.sample_log import open_sample_log
 from pipeline.training.stage import StageTrainer
@@ -71,10 +72,6 @@ class RunSpec:
 
     def checkpoint_dir_name(self, step: int) -> str:
         return f"step-{step:06d}"
-
-
-def output_path(uri: str, *parts: str) -> str:
-    return "/".join([uri.rstrip("/"), *parts])
 
 
 def has_checkpoints(output_uri: str) -> bool:

@@ -24,6 +24,8 @@ from pathlib import Path
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from pipeline.training.paths import output_path
+
 METRICS_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 NOT_SCALARS = ("step", "time")  # the x axis and the wall time of every scalar
@@ -35,7 +37,7 @@ class MetricsLog:
     sample logs), optionally mirrored to TensorBoard."""
 
     def __init__(self, output_uri: str, keep_until_step: int, name: str = METRICS_NAME, tensorboard: bool = False):
-        self.fs, self.path = fsspec.core.url_to_fs(f"{output_uri.rstrip('/')}/{name}")
+        self.fs, self.path = fsspec.core.url_to_fs(output_path(output_uri, name))
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.lines: list[str] = []
         if self.fs.exists(self.path):
@@ -83,7 +85,7 @@ class TensorBoardLog:
     def __init__(self, output_uri: str, purge_step: int):
         from tensorboardX import SummaryWriter
 
-        self.fs, self.root = fsspec.core.url_to_fs(f"{output_uri.rstrip('/')}/{TENSORBOARD_DIR}")
+        self.fs, self.root = fsspec.core.url_to_fs(output_path(output_uri, TENSORBOARD_DIR))
         self._staging = None
         if isinstance(self.fs, LocalFileSystem):
             logdir = self.root

@@ -10,6 +10,7 @@ checkpoints on object stores, lines after the resumed step dropped).
 from __future__ import annotations
 
 from pipeline.training.metrics import MetricsLog
+from pipeline.training.paths import output_path
 
 SAMPLES_DIR = "samples"
 
@@ -19,7 +20,7 @@ def sample_log_name(rank: int) -> str:
 
 
 def sample_log_path(output_uri: str, rank: int) -> str:
-    return f"{output_uri.rstrip('/')}/{sample_log_name(rank)}"
+    return output_path(output_uri, sample_log_name(rank))
 
 
 def open_sample_log(output_uri: str, rank: int, keep_until_step: int) -> MetricsLog:

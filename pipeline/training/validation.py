@@ -50,16 +50,16 @@ import fsspec
 import numpy as np
 import torch
 from fsspec.implementations.local import LocalFileSystem
-from PIL import Image
 
 from pipeline.training.checkpoint import STATE_NAME, TENSORS_NAME, read_checkpoint, write_checkpoint
 from pipeline.training.config import VALIDATION_CRITERIA, ValidationConfig
-from pipeline.training.data import IMAGE_EXTENSIONS, image_bytes, list_shards, read_samples
+from pipeline.training.data import cover, list_shards, read_samples, sample_pixels
 from pipeline.training.export import export_model
 from pipeline.training.metrics import MetricsLog
-from sprdiff import ImageError, SPRDiff, load_image
+from pipeline.training.paths import output_path
+from sprdiff import SPRDiff
 from sprdiff.evaluation.metrics import MS_SSIM_MIN_SIDE, ms_ssim, mse, psnr
-from sprdiff.evaluation.summary import metric_stats
+from sprdiff.evaluation.summary import json_safe, metric_stats
 from sprdiff.precision import default_precision
 
 log = logging.getLogger(__name__)
@@ -68,10 +68,6 @@ VALIDATION_NAME = "validation.jsonl"
 BEST_DIR = "best"
 BEST_NAME = "best.json"
 BEST_POINTER_DIR = "best-model"  # OUTPUT/best-model: a pointer to the export of the best checkpoint
-
-
-def _join(uri: str, *parts: str) -> str:
-    return "/".join([uri.rstrip("/"), *parts])
 
 
 def validation_due(config: ValidationConfig, step: int, total_steps: int) -> bool:
@@ -94,12 +90,8 @@ def check_validation(config: ValidationConfig) -> None:
 def centre_crop(pixels: np.ndarray, crop: int) -> np.ndarray:
     """(H, W, 3) uint8 -> (crop, crop, 3) uint8 from the centre; upscales first if a side is short
     (bicubic, as the training crops do)."""
+    pixels = cover(pixels, crop)
     h, w = pixels.shape[:2]
-    if min(h, w) < crop:
-        scale = crop / min(h, w)
-        size = (max(crop, round(w * scale)), max(crop, round(h * scale)))
-        pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC))
-        h, w = pixels.shape[:2]
     top, left = (h - crop) // 2, (w - crop) // 2
     return np.ascontiguousarray(pixels[top:top + crop, left:left + crop])
 
@@ -109,13 +101,8 @@ def load_images(uri: str, max_images: int, crop: int) -> list[np.ndarray]:
     ``make-shards`` writes samples sorted by key across and within shards, so this is key order."""
     images = []
     for sample in read_samples(list_shards(uri)):
-        data = image_bytes(sample)
-        try:
-            if data is None:
-                raise ImageError(f"no image member (one of {', '.join(IMAGE_EXTENSIONS)})", status="not_image")
-            pixels = load_image(data)
-        except ImageError as e:
-            log.warning("validation: skipping sample %s of %s: %s", sample.get("__key__"), sample.get("__url__"), e)
+        pixels = sample_pixels(sample)  # None (with a warning) for a damaged sample
+        if pixels is None:
             continue
         images.append(centre_crop(pixels, crop))
         if len(images) == max_images:
@@ -192,11 +179,6 @@ def better(value: float, best: float | None, criterion: str) -> bool:
     return value < best if VALIDATION_CRITERIA[criterion] == "min" else value > best
 
 
-def json_safe(scores: dict[str, float]) -> dict[str, float | None]:
-    """NaN and inf as null: strict JSON (PSNR is inf only for a lossless decode)."""
-    return {k: (v if v is None or math.isfinite(v) else None) for k, v in scores.items()}
-
-
 # ---- during a run (rank 0)
 
 class Validator:
@@ -233,7 +215,7 @@ class Validator:
 
 def read_best(output_uri: str) -> dict | None:
     """``OUTPUT/best/best.json``, or None before any best was kept."""
-    fs, path = fsspec.core.url_to_fs(_join(output_uri, BEST_DIR, BEST_NAME))
+    fs, path = fsspec.core.url_to_fs(output_path(output_uri, BEST_DIR, BEST_NAME))
     return json.loads(fs.cat_file(path)) if fs.exists(path) else None
 
 
@@ -241,7 +223,7 @@ def write_best(output_uri: str, state: dict, best: dict) -> None:
     """Store ``state`` as the checkpoint ``best/step-N/``, then name it in ``best.json`` (one atomic
     write), then remove the other ``best/step-*`` directories."""
     name = f"step-{best['step']:06d}"
-    fs, root = fsspec.core.url_to_fs(_join(output_uri, BEST_DIR))
+    fs, root = fsspec.core.url_to_fs(output_path(output_uri, BEST_DIR))
     if fs.exists(f"{root}/{name}"):  # a killed run's best at this step: never rewrite what best.json names
         name += f"-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="sprdiff-best-") as tmp:
@@ -268,7 +250,7 @@ def export_best(trainer, output_uri: str, **card) -> str | None:
     best = read_best(output_uri)
     if best is None:
         return None
-    fs, root = fsspec.core.url_to_fs(_join(output_uri, BEST_DIR, best["checkpoint"]))
+    fs, root = fsspec.core.url_to_fs(output_path(output_uri, BEST_DIR, best["checkpoint"]))
     with tempfile.TemporaryDirectory(prefix="sprdiff-best-") as tmp:
         for name in (STATE_NAME, TENSORS_NAME):
             fs.get_file(f"{root}/{name}", f"{tmp}/{name}")
