@@ -64,6 +64,8 @@ def _add_compute_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_batch_commands(subparsers: argparse._SubParsersAction) -> None:
+    from sprdiff.cli import add_rate_arguments  # jobs.cli has imported sprdiff.cli already
+
     enc = subparsers.add_parser("encode-job", help="archive a corpus of images into Parquet tables of bitstreams",
                                 description="Encode image files, WebDataset tar shards or Parquet image tables "
                                             "under --input (or the objects an --input-list names) into a Parquet "
@@ -96,6 +98,7 @@ def add_batch_commands(subparsers: argparse._SubParsersAction) -> None:
     enc.add_argument("--no-colour-correction", dest="colour_correction", action="store_false",
                      help="do not decode each image at the encoder to fit and send its colour map and offset "
                           "grid: about half the encode time, lower PSNR, version-1 records")
+    add_rate_arguments(enc)  # --rate / --target-bpp, as sprdiff encode has them; each row records its rate_id
     enc.add_argument("--plan-only", action="store_true",
                      help="write the plan under OUTPUT/_plan/, print its objects, parts and digest, and exit "
                           "(no Ray)")
@@ -181,14 +184,15 @@ def read_keys(value: str) -> frozenset[str]:
 def run_encode_job_command(args: argparse.Namespace) -> int:
     from pipeline import ray_runner
     from pipeline.config import EncodeJobConfig
-    from pipeline.encode_job import run_encode_job
+    from pipeline.encode_job import check_rate_choice, run_encode_job
 
     started = time.monotonic()
     config = EncodeJobConfig(input=args.input, input_list=args.input_list, output=args.output, model=args.model,
                              input_format=args.input_format, rows_per_part=args.rows_per_part, limit=args.limit,
                              max_pixels=args.max_pixels, image_column=args.image_column, key_column=args.key_column,
-                             colour_correction=args.colour_correction, retry_errors=args.retry_errors,
-                             model_store=args.model_store, compute=_compute(args))
+                             colour_correction=args.colour_correction, rate=args.rate, target_bpp=args.target_bpp,
+                             retry_errors=args.retry_errors, model_store=args.model_store, compute=_compute(args))
+    check_rate_choice(config)  # before any listing or Ray work
     if args.plan_only:
         from pipeline.encode_job import open_plan
 
@@ -224,6 +228,7 @@ def run_get_command(args: argparse.Namespace) -> int:
     from pipeline.lookup import ArchiveIndex, read_part
     from pipeline.schema import RECORD_COLUMN
     from sprdiff import SPRDiff
+    from sprdiff.bitstream import read_header
     from sprdiff.images import encode_png
     from sprdiff.model_store import resolve_model
 
@@ -256,6 +261,7 @@ def run_get_command(args: argparse.Namespace) -> int:
     target = args.output or safe_relative_path(args.key.rsplit("/", 1)[-1], ".png")
     with fsspec.open(target, "wb", auto_mkdir=True) as f:
         f.write(encode_png(pixels))
+    rate = read_header(row[RECORD_COLUMN])[0].rate_id  # the header's: archives of layout 2 have no rate_id column
     print(f"{args.key} -> {target}: {pixels.shape[1]}x{pixels.shape[0]}, a record of {len(row[RECORD_COLUMN])} bytes "
-          f"from {part.name}")
+          f"at rate {rate} from {part.name}")
     return 0

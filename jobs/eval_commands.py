@@ -1,6 +1,7 @@
 """``sprdiff eval``: rate–distortion–perception reports (see docs/evaluation.md).
 
     sprdiff eval --model tiny --input photos/ --output runs/tiny [--baselines webp,avif,jpeg]
+                 [--rate R | --rates 0,1,2 | --rates all]
                  [--lpips-weights P] [--dists-weights P] [--fid-weights P] [--patch 256] [--limit N]
     sprdiff eval --compare runs/r0 runs/r1 runs/r2 --output runs/all
 """
@@ -16,6 +17,7 @@ from fractions import Fraction
 from sprdiff.cli import add_model_arguments, default_device
 from sprdiff.evaluation.baselines import CODECS, DEFAULT_BASELINES, DEFAULT_SCALES
 from sprdiff.evaluation.run import OURS, EvalOptions
+from sprdiff.evaluation.summary import rate_sections
 from sprdiff.images import DEFAULT_MAX_PIXELS
 
 
@@ -40,6 +42,19 @@ def _scales(text: str) -> tuple[float, ...]:
     return scales
 
 
+def _rates(text: str) -> tuple[int, ...] | str:
+    """``0,1,2`` -> (0, 1, 2); ``all`` is kept as is (every rate of the model, known once it is loaded)."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        rates = tuple(int(r) for r in text.split(",") if r.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rates are rate ids like 0,1,2 (or 'all'), got {text!r}") from None
+    if not rates:
+        raise argparse.ArgumentTypeError(f"no rate ids in {text!r}")
+    return rates
+
+
 def add_eval_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="rate–distortion–perception report: our codec vs classical codecs "
                                            "at matched bytes",
@@ -51,6 +66,12 @@ def add_eval_commands(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(p)
     p.add_argument("--input", help="image directory, file glob or fsspec URI prefix (s3://bucket/photos/)")
     p.add_argument("--output", required=True, help="output directory for the report files")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--rate", type=int, default=None, metavar="ID",
+                       help="the model's rate point to evaluate (default: the model's default rate)")
+    which.add_argument("--rates", type=_rates, default=None, metavar="IDS",
+                       help="evaluate each of these rate points (e.g. 0,1,2, or 'all'): RD curves in rd.png and "
+                            "report.html, per-rate sections and the BD-rate against each baseline in summary.json")
     p.add_argument("--baselines", type=_baselines, default=DEFAULT_BASELINES,
                    help=f"comma-separated classical codecs, or 'none' (default: {','.join(DEFAULT_BASELINES)})")
     p.add_argument("--scales", type=_scales, default=DEFAULT_SCALES,
@@ -84,8 +105,12 @@ def run_eval(args: argparse.Namespace) -> int:
     device = args.device or default_device()
     start = time.perf_counter()
     model = SPRDiff.from_pretrained(args.model, device=device)
+    if args.rates == "all":
+        rates = model.rate_ids
+    else:
+        rates = args.rates or (() if args.rate is None else (args.rate,))
     options = EvalOptions(baselines=args.baselines, scales=args.scales, max_pixels=args.max_pixels,
-                          crops=args.crops)
+                          crops=args.crops, rates=tuple(rates))
     summary, paths = run_evaluation(model, model_name=args.model, input_uri=args.input, output_dir=args.output,
                                     options=options, lpips_weights=args.lpips_weights,
                                     dists_weights=args.dists_weights, fid_weights=args.fid_weights,
@@ -99,21 +124,31 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def format_summary(summary: dict) -> str:
-    """A plain-text table of the means, one line per method."""
+    """A plain-text table of the means, one line per method (and rate, with several), then the BD-rates."""
+    sections = rate_sections(summary)
+    several = len(sections) > 1
     names = [m for m, s in summary["metrics"].items() if s["status"] == "computed"]
-    header = f"{'method':<8} {'ok':>7} {'bpp':>8} {'bytes':>9} " + " ".join(f"{n:>8}" for n in names)
-    has_fid = any("fid" in e for e in summary["methods"].values())
+    header = (f"{'rate':>4} " if several else "") + f"{'method':<8} {'ok':>7} {'bpp':>8} {'bytes':>9} " + \
+        " ".join(f"{n:>8}" for n in names)
+    has_fid = any("fid" in e for section in sections.values() for e in section["methods"].values())
     if has_fid:
         header += f" {'FID':>8} {'KID':>8}"
     lines = [header]
-    for method, e in summary["methods"].items():
-        cells = [f"{method:<8}", f"{e['n_ok']:>3}/{e['n_rows']:<3}", _num(e["bpp_mean"], 8, 4),
-                 f"{e['num_bytes_total']:>9}"]
-        cells += [_num(e["metrics"][n]["mean"] if n in e["metrics"] else None, 8, 4) for n in names]
-        if has_fid:
-            fid = e.get("fid", {})
-            cells += [_num(fid.get("fid"), 8, 2), _num(fid.get("kid_mean"), 8, 4)]
-        lines.append(" ".join(cells))
+    for rate, section in sections.items():
+        for method, e in section["methods"].items():
+            cells = [f"{rate:>4}"] if several else []
+            cells += [f"{method:<8}", f"{e['n_ok']:>3}/{e['n_rows']:<3}", _num(e["bpp_mean"], 8, 4),
+                      f"{e['num_bytes_total']:>9}"]
+            cells += [_num(e["metrics"][n]["mean"] if n in e["metrics"] else None, 8, 4) for n in names]
+            if has_fid:
+                fid = e.get("fid", {})
+                cells += [_num(fid.get("fid"), 8, 2), _num(fid.get("kid_mean"), 8, 4)]
+            lines.append(" ".join(cells))
+    for baseline, values in summary.get("bd_rate", {}).items():
+        reasons = summary["bd_rate_reasons"].get(baseline, {})
+        cells = [f"{metric} {value:+.1f} %" if value is not None else f"{metric} - ({reasons[metric]})"
+                 for metric, value in values.items()]
+        lines.append(f"BD-rate of {OURS} against {baseline}: " + ", ".join(cells))
     return "\n".join(lines)
 
 

@@ -25,6 +25,9 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     shards.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                         help="leave out files whose path relative to --input matches GLOB, e.g. held-out "
                              "validation images (repeatable)")
+    shards.add_argument("--include", action="append", default=[], metavar="GLOB",
+                        help="only files whose path relative to --input matches GLOB, e.g. a validation split "
+                             "(repeatable; --exclude still applies)")
     shards.set_defaults(run=run_make_shards)
 
     train = subparsers.add_parser("train", help="train a stage with Ray Train (DDP) from WebDataset shards")
@@ -78,7 +81,7 @@ def run_make_shards(args: argparse.Namespace) -> int:
     from pipeline.shards import make_shards
 
     stats = make_shards(args.input, args.output, crop=args.crop, per_shard=args.per_shard, threads=args.threads,
-                        exclude=tuple(args.exclude))
+                        exclude=tuple(args.exclude), include=tuple(args.include))
     summary = {"output": args.output, "samples": stats.written, "shards": len(stats.shards),
                "upscaled": stats.upscaled, "skipped": dict(stats.skipped)}
     print(json.dumps(summary))

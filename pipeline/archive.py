@@ -139,7 +139,20 @@ def summarise_archive_part(name: str, shard: int, job_id: str, data: bytes, tabl
             "sha256": hashlib.sha256(data).hexdigest(), "first_key": first, "last_key": last,
             "counts": status_counts(table), "record_bytes": _sum(ok, "num_bytes"),
             "pixels_ok": int(pixels.as_py() or 0) if ok.num_rows else 0, "source_bytes": _sum(table, "source_bytes"),
-            "fingerprints": sorted(set(ok.column("model_fingerprint").to_pylist())) if ok.num_rows else []}
+            "fingerprints": sorted(set(ok.column("model_fingerprint").to_pylist())) if ok.num_rows else [],
+            "rate_counts": rate_counts(ok), "budget_warnings": _non_null(table, "warning")}
+
+
+def rate_counts(table: pa.Table) -> dict[str, int]:
+    """Rows by rate id (as a string: a JSON key), of the rows that have one; {} for a part of layout 2."""
+    if "rate_id" not in table.column_names or table.num_rows == 0:
+        return {}
+    counts = table.column("rate_id").drop_null().value_counts().to_pylist()
+    return {str(c["values"]): int(c["counts"]) for c in sorted(counts, key=lambda c: c["values"])}
+
+
+def _non_null(table: pa.Table, name: str) -> int:
+    return table.num_rows - table.column(name).null_count if name in table.column_names else 0
 
 
 def summarise_manifest_part(name: str, shard: int, job_id: str, data: bytes, table: pa.Table) -> dict:

@@ -89,6 +89,8 @@ class EncodeJobConfig:
     image_column: str | None = None
     key_column: str | None = None
     colour_correction: bool = True  # send each image's colour map and offset grid; about 2x the encode time
+    rate: int | None = None  # the model's rate point to code at (sprdiff.rates); None: the model's default
+    target_bpp: float | None = None  # instead of a rate: per image, the rate whose record is the largest within it
     retry_errors: bool = False  # re-read the archive's read_error rows and rewrite the parts holding them
     model_store: str | None = None  # the store keeping the exact weights by fingerprint; None: OUTPUT/_models/
     compute: ComputeConfig = field(default_factory=ComputeConfig)
@@ -104,6 +106,9 @@ class EncodeJobConfig:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.max_pixels < 1:
             raise ValueError(f"max pixels must be >= 1, got {self.max_pixels}")
+        if self.rate is not None and self.target_bpp is not None:
+            raise ValueError("give a rate or a target bpp, not both: a target bpp chooses the rate per image")
+        # whether the model has the rate, and the target is a positive number: pipeline.encode_job.check_rate_choice
 
 
 @dataclass(frozen=True)

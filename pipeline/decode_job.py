@@ -31,7 +31,7 @@ from pipeline.config import DecodeJobConfig
 from pipeline.lookup import ArchiveIndex
 from pipeline.part_writer import MANIFEST_DIR
 from pipeline.parts import PartOutput, PartTask, run_parts
-from pipeline.schema import ARCHIVE_VERSION
+from pipeline.schema import ARCHIVE_VERSION, with_added_columns
 from pipeline.stats import RunInfo, decode_stats, format_summary
 from pipeline.storage import Location, redact_uri
 from pipeline.where import check_where
@@ -59,7 +59,7 @@ def run_decode_job(config: DecodeJobConfig, stream: DecodeStream, *, log: Callab
     if config.where:
         first = Location.of(index.parts[0].uri)
         with first.fs.open(first.root, "rb") as f:
-            check_where(config.where, pq.read_schema(f))
+            check_where(config.where, with_added_columns(pq.read_schema(f)))  # old parts: added ones as nulls
     out = Location.of(config.output)
     input_uri, output_uri = redact_uri(Location.of(config.input).uri()), redact_uri(out.uri())
     keys_digest = hashlib.sha256("\n".join(sorted(config.keys)).encode()).hexdigest() if config.keys else None

@@ -59,19 +59,34 @@ def job_settings(config: EncodeJobConfig) -> dict:
         "image_column": config.image_column, "key_column": config.key_column, "max_pixels": config.max_pixels,
         "model": redact_uri(config.model),
         # settings that change the records' bytes (issue 28): the colour map and offset grid are both
-        # behind colour_correction; batch settings, precision, tiling and the writer's record version go in
-        # too (a default precision or tile size is written as None, as archives begun before they existed hold)
-        "colour_correction": config.colour_correction, "batch_size": config.compute.batch_size,
+        # behind colour_correction; the rate point or byte budget, batch settings, precision, tiling and the
+        # writer's record version go in too (a default is written as None, as archives begun before it existed hold)
+        "colour_correction": config.colour_correction, "rate": config.rate, "target_bpp": config.target_bpp,
+        "batch_size": config.compute.batch_size,
         "precision": config.compute.precision,
         "tile_size": None if config.compute.tile_size == DEFAULT_TILE_SIZE else config.compute.tile_size,
         "record_format": FORMAT_VERSION,
     }
 
 
+def check_rate_choice(config: EncodeJobConfig) -> None:
+    """Refuse a ``--rate`` the model does not have, or a ``--target-bpp`` that is not a positive number,
+    with ``sprdiff.rates``' messages (they name the model's rates): before any listing or Ray work."""
+    if config.rate is None and config.target_bpp is None:
+        return
+    from sprdiff import rates
+    from sprdiff.loading import read_config
+
+    model = read_config(config.model)
+    rates.check_rate(model, config.rate)
+    rates.check_target_bpp(model, config.target_bpp)
+
+
 def open_plan(config: EncodeJobConfig, *, lister: Lister | None = None,
               log: Callable[[str], None] = print) -> tuple[StoredPlan, dict]:
     """The archive's plan and job file: read back on a rerun (after checking its settings), written
     once on the first run. Nothing is listed when a plan is stored."""
+    check_rate_choice(config)
     out = Location.of(config.output)
     plan_dir = Location(out.fs, out.path(PLAN_DIR))
     settings = job_settings(config)

@@ -4,8 +4,8 @@
    plan), batches of image rows out — bytes read, hashed, decoded and validated into pixels, or a
    status row saying why not. Its last batch ends with a *marker row* (``_item == -1``) carrying
    the part's row count, so the part writer knows when a part is complete.
-2. :class:`EncodeImages` (actor; one model load per actor): pixels in, SPRDiff records out, one
-   ``compress`` call per codec group (``pipeline.codec_groups``).
+2. :class:`EncodeImages` (actor; one model load per actor): pixels in, SPRDiff records out (with
+   their rate ids), one ``encode`` call per codec group (``pipeline.codec_groups``).
 3. :class:`pipeline.part_writer.PartWriter` (one actor): complete parts written, summaries out.
 
 Batches are dicts of numpy arrays (Ray Data's ``numpy`` batch format). Columns starting with
@@ -15,6 +15,7 @@ Batches are dicts of numpy arrays (Ray Data's ``numpy`` batch format). Columns s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Iterator
@@ -29,7 +30,6 @@ from pipeline.inputs.plan import PlanItem, read_items_of
 from pipeline.parts import PartTask
 from pipeline.storage import Location
 from sprdiff import FORMAT_VERSION, load_image
-from sprdiff.bitstream import read_header
 from sprdiff.errors import ImageError
 
 MARKER_ITEM = -1
@@ -147,30 +147,41 @@ class _WholeGroups:
 
 
 class EncodeImages:
-    """Actor stage: loads the model once, then compresses the ``ok`` rows of each batch, one
-    ``compress`` call per codec group (``_group``, formed by the read stage).
+    """Actor stage: loads the model once, then encodes the ``ok`` rows of each batch, one ``encode``
+    call per codec group (``_group``, formed by the read stage).
 
     A codec error (``SPRDiffError``) becomes the row's status: a group whose call fails is encoded
     again image by image, so one bad image never costs its neighbours their records. Anything else
-    is a bug and raises.
+    is a bug and raises. Each row gets its record's rate id and, when ``target_bpp`` could not be met,
+    a warning saying so.
     """
 
     def __init__(self, model, *, device: str = "cpu", threads: int | None = None, colour_correction: bool = True,
-                 codec: CodecRuntime | None = None):
+                 rate: int | None = None, target_bpp: float | None = None, codec: CodecRuntime | None = None):
         """``model``: a preset name, directory or URI to load, or an already loaded ``SPRDiff``;
-        ``colour_correction``: see ``SPRDiff.compress``; ``codec``: precision, tiling, compile."""
+        ``colour_correction``: see ``SPRDiff.compress``; ``rate`` or ``target_bpp``: the model's rate
+        point, or a budget in bits per pixel that picks one per image (``sprdiff.rates``); ``codec``:
+        precision, tiling, compile."""
+        from sprdiff import rates
+        from sprdiff.encoder import EncodeSettings
+
         self.codec = codec or CodecRuntime()
         self.model = self.codec.load(model, device=device, threads=threads)
+        rates.check_rate(self.model.config, rate)  # the job's driver checked these already (check_rate_choice)
+        rates.check_target_bpp(self.model.config, target_bpp)
         self.model_id = self.model.model_id
         self.fingerprint = self.model.fingerprint
-        self.colour_correction = colour_correction
+        self.settings = EncodeSettings(side_information=colour_correction,
+                                       precision=self.codec.precision_on(self.model.device),
+                                       tile_size=self.codec.tile_size, rate=rate, target_bpp=target_bpp)
 
-    def _compress(self, images: list[np.ndarray]) -> list[bytes]:
-        return self.model.compress(images, colour_correction=self.colour_correction, batch_size=len(images),
-                                   precision=self.codec.precision_on(self.model.device),
-                                   tile_size=self.codec.tile_size)
+    def _encode(self, images: list[np.ndarray]) -> list:
+        """Images -> ``sprdiff.bitstream.Record``s (bytes and header)."""
+        return self.model.encode(images, dataclasses.replace(self.settings, batch_size=len(images)))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from sprdiff.rates import budget_warning
+
         n = len(batch["key"])
         records = np.full(n, b"", dtype=object)
         num_bytes = np.full(n, -1, dtype=np.int64)
@@ -178,6 +189,8 @@ class EncodeImages:
         status = batch["status"].copy()
         error = batch["error"].copy()
         format_version = np.full(n, FORMAT_VERSION, dtype=np.int32)  # rows without a record: today's version
+        rate_id = np.full(n, -1, dtype=np.int16)  # -1: no record (null in the archive)
+        warning = np.full(n, "", dtype=object)
         ok = status == "ok"
         grouped = np.where(ok, batch.get("_group", np.full(n, NO_GROUP)), NO_GROUP)
         lone = [int(i) for i in np.flatnonzero(ok & (grouped == NO_GROUP))]  # rows that came without a group
@@ -185,20 +198,23 @@ class EncodeImages:
             t0 = time.perf_counter()
             # Ray hands out read-only arrays; torch wants writable ones
             images = [np.require(batch["pixels"][i], requirements=["W"]) for i in indexes]
-            coded = each_result(self._compress, images)
+            coded = each_result(self._encode, images)
             seconds = (time.perf_counter() - t0) / len(indexes)
             for i, (record, problem) in zip(indexes, coded, strict=True):
                 encode_s[i] = seconds
                 if problem is not None:
                     status[i], error[i] = problem.status, str(problem)
-                else:
-                    records[i], num_bytes[i] = record, len(record)
-                    format_version[i] = read_header(record)[0].version
+                    continue
+                header = record.header
+                records[i], num_bytes[i] = record.data, record.num_bytes
+                format_version[i], rate_id[i] = header.version, header.rate_id
+                warning[i] = budget_warning(record.num_bytes, header.width, header.height, header.rate_id,
+                                            self.settings.target_bpp) or ""
         out = {k: v for k, v in batch.items() if k != "pixels"}
         out.update(status=status, error=error, record=records, num_bytes=num_bytes, encode_s=encode_s,
                    model_id=np.full(n, self.model_id, dtype=object),
                    model_fingerprint=np.full(n, self.fingerprint, dtype=object),
-                   format_version=format_version)
+                   format_version=format_version, rate_id=rate_id, warning=warning)
         kept = batch["_item"] != FILLER_ITEM
         return out if kept.all() else {k: v[kept] for k, v in out.items()}
 

@@ -33,7 +33,8 @@ def _summaries(batch: dict[str, np.ndarray]) -> Iterator[dict]:
 def stream_encode(tasks: list[PartTask], config: EncodeJobConfig, shared: dict, *, model=None) -> Iterator[dict]:
     compute = config.compute
     encoder = EncodeImages(model or config.model, device=compute.actor_device, threads=compute.threads_per_actor,
-                           colour_correction=config.colour_correction, codec=compute.codec)
+                           colour_correction=config.colour_correction, rate=config.rate,
+                           target_bpp=config.target_bpp, codec=compute.codec)
     writer = PartWriter(shared, {t.index: t.payload for t in tasks})
     for task in tasks:
         for batch in read_and_decode(_spec(task), max_pixels=config.max_pixels, batch_size=compute.codec.batch_size):

@@ -25,7 +25,7 @@ from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from pipeline.archive import INDEX_FILE, PARTS_DIR
 from pipeline.inputs.listing import list_pages
-from pipeline.schema import as_current, stored_name
+from pipeline.schema import ADDED_COLUMNS, as_current, stored_name, with_added_columns
 from pipeline.storage import Location
 
 
@@ -131,27 +131,40 @@ def _key_groups(pf: pq.ParquetFile, keys: list[str]) -> list[int]:
 def read_part(uri: str, *, keys: list[str] | None = None, where: pc.Expression | None = None,
               columns: list[str] | None = None) -> pa.Table:
     """The rows of one part with a key in the sorted ``keys`` and matching ``where``, reading only the row
-    groups that may hold them. Columns have today's names whatever the part's layout (``as_current``)."""
+    groups that may hold them. Columns have today's names whatever the part's layout, and the columns
+    added since it read as nulls, in ``where`` too (``pipeline.schema.as_current``)."""
     location = Location.of(uri)
-    if columns is not None:  # today's names as this part spells them (layout 1: bitstream)
-        with location.fs.open(location.root, "rb") as f:
-            names = pq.read_schema(f).names
-        columns = [stored_name(c, names) for c in columns]
+    wanted = columns
     if keys is not None:
         with location.fs.open(location.root, "rb") as f:
             pf = pq.ParquetFile(f)
+            columns = _as_stored(columns, pf.schema_arrow.names)
             groups = _key_groups(pf, keys)
-            if not groups:
-                empty = pf.schema_arrow.empty_table()
-                return as_current(empty if columns is None else empty.select(columns))
-            table = pf.read_row_groups(groups, columns=columns)
-        table = table.filter(pc.is_in(table.column("key"), value_set=pa.array(keys, pa.string())))
-        return as_current(table.filter(where) if where is not None and table.num_rows else table)
+            table = pf.read_row_groups(groups, columns=columns) if groups else \
+                pf.schema_arrow.empty_table().select(columns if columns is not None else pf.schema_arrow.names)
+        table = as_current(table.filter(pc.is_in(table.column("key"), value_set=pa.array(keys, pa.string()))))
+        return as_current(table.filter(where) if where is not None and table.num_rows else table, wanted)
+    if where is None and columns is None:
+        with location.fs.open(location.root, "rb") as f:
+            return as_current(pq.read_table(f))
+    with location.fs.open(location.root, "rb") as f:
+        schema = pq.read_schema(f)
+    columns = _as_stored(columns, schema.names)
     if where is None:
         with location.fs.open(location.root, "rb") as f:
-            return as_current(pq.read_table(f, columns=columns))
-    dataset = ds.dataset(location.root, format="parquet", filesystem=PyFileSystem(FSSpecHandler(location.fs)))
-    return as_current(dataset.to_table(columns=columns, filter=where))
+            return as_current(pq.read_table(f, columns=columns), wanted)
+    dataset = ds.dataset(location.root, format="parquet", filesystem=PyFileSystem(FSSpecHandler(location.fs)),
+                         schema=with_added_columns(schema))
+    return as_current(dataset.to_table(columns=columns, filter=where), wanted)
+
+
+def _as_stored(columns: list[str] | None, file_names: list[str]) -> list[str] | None:
+    """Today's column names as a part spells them (layout 1: bitstream), without the columns added since
+    its layout (``as_current`` adds those, as nulls)."""
+    if columns is None:
+        return None
+    added = {c.name for c in ADDED_COLUMNS}
+    return [stored_name(c, file_names) for c in columns if not (c in added and c not in file_names)]
 
 
 def find(archive: str, keys: list[str], columns: list[str] | None = None) -> pa.Table:

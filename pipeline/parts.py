@@ -99,6 +99,7 @@ class Totals:
     counts: Counter = field(default_factory=Counter)
     sums: Counter = field(default_factory=Counter)
     fingerprints: set = field(default_factory=set)
+    rate_counts: Counter = field(default_factory=Counter)  # rows by rate id: one entry per rate of the model
 
     def add(self, summary: dict, *, before: bool) -> None:
         self.parts += 1
@@ -107,9 +108,11 @@ class Totals:
         self.rows_run += 0 if before else summary["rows"]
         self.counts.update(summary.get("counts", {}))
         for k, v in summary.items():
-            if k in ("record_bytes", "pixels_ok", "source_bytes", "image_bytes", "bpp_sum") and v is not None:
+            if k in ("record_bytes", "pixels_ok", "source_bytes", "image_bytes", "bpp_sum", "budget_warnings") \
+                    and v is not None:
                 self.sums[k] += v
         self.fingerprints.update(summary.get("fingerprints", ()))
+        self.rate_counts.update({int(rate): n for rate, n in summary.get("rate_counts", {}).items()})
 
 
 class Progress:

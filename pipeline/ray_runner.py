@@ -151,13 +151,15 @@ class MeteredPartWriter(PartWriter):
         super().__init__(job, tasks, on_part=self._count)
         tags = {"job": job["job"]}
         self._rows = metrics.Counter("sprdiff_rows", "archive rows written, by status", tag_keys=("job", "status"))
+        self._rates = metrics.Counter("sprdiff_records_by_rate", "records written, by rate id (encode)",
+                                      tag_keys=("job", "rate"))
         self._parts = metrics.Counter("sprdiff_parts", "parts written", tag_keys=("job",))
         self._bytes_in = metrics.Counter("sprdiff_bytes_in", "bytes read (sources, or records)", tag_keys=("job",))
         self._bytes_out = metrics.Counter("sprdiff_bytes_out", "bytes written (records, or images)",
                                           tag_keys=("job",))
         self._rate = metrics.Gauge("sprdiff_images_per_second", "rows written per second since the writer started",
                                    tag_keys=("job",))
-        for metric in (self._rows, self._parts, self._bytes_in, self._bytes_out, self._rate):
+        for metric in (self._rows, self._rates, self._parts, self._bytes_in, self._bytes_out, self._rate):
             metric.set_default_tags(tags)
         self._start, self._written = time.monotonic(), 0
 
@@ -165,6 +167,8 @@ class MeteredPartWriter(PartWriter):
         for status, n in summary.get("counts", {}).items():
             if n > 0:
                 self._rows.inc(n, tags={"status": status})
+        for rate, n in summary.get("rate_counts", {}).items():
+            self._rates.inc(n, tags={"rate": rate})
         self._parts.inc(1)
         encode = self.job["job"] == "encode"
         for counter, value in ((self._bytes_in, summary.get("source_bytes" if encode else "record_bytes")),
@@ -201,7 +205,8 @@ def stream_encode(tasks: list[PartTask], config: EncodeJobConfig, shared: dict) 
     check_resources(compute)
     codec = compute.codec
     actor = _actor_args(compute, read_batch_rows(codec.batch_size))
-    actor["fn_constructor_kwargs"].update(model=config.model, colour_correction=config.colour_correction)
+    actor["fn_constructor_kwargs"].update(model=config.model, colour_correction=config.colour_correction,
+                                          rate=config.rate, target_bpp=config.target_bpp)
     ds = _task_dataset(tasks)
     block_bytes = ray.data.DataContext.get_current().target_max_block_size
     ds = ds.map_batches(read_and_decode, fn_kwargs={"max_pixels": config.max_pixels, "batch_size": codec.batch_size,
@@ -274,17 +279,20 @@ def _archive_rows(batch: dict[str, np.ndarray]) -> pa.Table:
 
 
 def encode_dataset(ds, *, model, image_column: str = "image", key_column: str = "key",
-                   compute: ComputeConfig | None = None, colour_correction: bool = True, max_pixels: int | None = None):
+                   compute: ComputeConfig | None = None, colour_correction: bool = True, max_pixels: int | None = None,
+                   rate: int | None = None, target_bpp: float | None = None):
     """A Ray Dataset of image bytes -> a Ray Dataset of archive rows (the columns of ``docs/archive-format.md``).
 
-    Every input row gives one output row, bad images included (with their status). Write it with
-    ``ds.write_parquet(...)``, or keep transforming it.
+    Every input row gives one output row, bad images included (with their status). ``rate`` or
+    ``target_bpp``: the model's rate point, or a budget in bits per pixel that picks one per image
+    (``sprdiff.rates``). Write it with ``ds.write_parquet(...)``, or keep transforming it.
     """
     from sprdiff.images import DEFAULT_MAX_PIXELS
 
     compute = compute or ComputeConfig()
     actor = _actor_args(compute, read_batch_rows(compute.codec.batch_size))
-    actor["fn_constructor_kwargs"].update(model=model, colour_correction=colour_correction)
+    actor["fn_constructor_kwargs"].update(model=model, colour_correction=colour_correction, rate=rate,
+                                          target_bpp=target_bpp)
     ds = ds.map_batches(_rows_from_bytes, fn_kwargs={"image_column": image_column, "key_column": key_column,
                                                      "max_pixels": max_pixels or DEFAULT_MAX_PIXELS},
                         batch_format="numpy", num_cpus=compute.io_cpus)

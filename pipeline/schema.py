@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-ARCHIVE_VERSION = 2  # version of this table layout (each record has its own format version)
+ARCHIVE_VERSION = 3  # version of this table layout (each record has its own format version)
 # 1: the record column was named ``bitstream``; the decode manifest had ``bitstream_bytes`` and
 #    ``num_bytes`` (the image file's size). 2: ``record``; ``record_bytes`` and ``image_bytes``.
+# 3: ``rate_id`` and ``warning`` (rate points). A column added after layout 1 says so in ``since``;
+#    files of older layouts read it as nulls (``as_current``), so old archives need no conversion.
 SCHEMA_METADATA_KEY = b"sprdiff.schema"
 RENAMED_COLUMNS = {"bitstream": "record"}  # an archive's layout-1 column names -> today's
 RECORD_COLUMN = "record"
@@ -26,6 +28,7 @@ class Column:
     type: pa.DataType
     nullable: bool
     doc: str
+    since: int = 1  # the archive layout that added it; parts of older layouts read it as nulls
 
     def field(self) -> pa.Field:
         return pa.field(self.name, self.type, nullable=self.nullable, metadata={"doc": self.doc})
@@ -48,6 +51,10 @@ ARCHIVE_COLUMNS: tuple[Column, ...] = (
     Column("model_fingerprint", pa.string(), False, "hex SHA-256 of the model's weights and config"),
     Column("format_version", pa.int32(), False,
            "format version of the row's record, and only of it (1; 2 with a colour map; 3 with an offset grid)"),
+    Column("rate_id", pa.int16(), True, "the rate point the record was coded at, as its header says "
+           "(sprdiff.rates); null when there is no record, and in archives of layout 2 and older", since=3),
+    Column("warning", pa.string(), True, "why the record is not what was asked for (with --target-bpp: no "
+           "rate fits the budget, so it was coded at the rate with the fewest bytes), else null", since=3),
     Column("source_sha256", pa.string(), True, "hex SHA-256 of the input file's bytes (null if unreadable)"),
     Column("source_bytes", pa.int64(), True, "size of the input file in bytes (null if unreadable)"),
     Column("read_s", pa.float64(), False, "seconds spent reading the input bytes"),
@@ -91,16 +98,39 @@ def stored_name(name: str, file_names: list[str]) -> str:
     return old if old in file_names else name
 
 
-def as_current(table: pa.Table) -> pa.Table:
-    """A table read from an archive of any layout, with today's column names: old archives read forever."""
-    return table.rename_columns(current_names(table.column_names)).replace_schema_metadata(table.schema.metadata)
+ADDED_COLUMNS = tuple(c for c in ARCHIVE_COLUMNS if c.since > 1)  # what parts of older layouts lack
+
+
+def as_current(table: pa.Table, columns: list[str] | None = None) -> pa.Table:
+    """A table read from an archive part of any layout in today's terms: old archives read forever.
+    Columns have today's names, and the columns added since the part's layout are there, as nulls;
+    ``columns``: only these (today's names), in this order."""
+    metadata = table.schema.metadata
+    table = table.rename_columns(current_names(table.column_names))
+    for c in ADDED_COLUMNS:
+        if c.name not in table.column_names and (columns is None or c.name in columns):
+            table = table.append_column(c.field(), pa.nulls(table.num_rows, c.type))
+    if columns is not None:  # in the order asked for
+        table = table.select([c for c in columns if c in table.column_names])
+    return table.replace_schema_metadata(metadata)
+
+
+def with_added_columns(schema: pa.Schema) -> pa.Schema:
+    """A part's ``schema`` with the columns added since its layout appended (names as the file spells
+    them): what ``--where`` is checked against and what a filtered scan reads, so a filter on an added
+    column sees an old part's rows as nulls instead of failing."""
+    for c in ADDED_COLUMNS:
+        if c.name not in schema.names:
+            schema = schema.append(c.field())
+    return schema
 
 
 def arrow_schema(columns: tuple[Column, ...], metadata: dict[str, str] | None = None) -> pa.Schema:
     """The Arrow schema, with the column descriptions and ``metadata`` in its key-value metadata."""
     described = {
         "archive_version": ARCHIVE_VERSION,
-        "columns": [{"name": c.name, "type": str(c.type), "nullable": c.nullable, "doc": c.doc} for c in columns],
+        "columns": [{"name": c.name, "type": str(c.type), "nullable": c.nullable, "doc": c.doc, "since": c.since}
+                    for c in columns],
     }
     kv = {SCHEMA_METADATA_KEY: json.dumps(described).encode()}
     kv.update({f"sprdiff.{k}".encode(): v.encode() for k, v in (metadata or {}).items()})

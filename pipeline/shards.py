@@ -70,9 +70,10 @@ def sample_key(relative_path: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", stem)
 
 
-def find_images(input_uri: str, exclude: tuple[str, ...] = ()) -> list[SourceImage]:
+def find_images(input_uri: str, exclude: tuple[str, ...] = (), include: tuple[str, ...] = ()) -> list[SourceImage]:
     """Image files under ``input_uri`` with their stable keys, sorted by key. ``exclude``: glob
-    patterns matched against each file's path relative to ``input_uri`` (e.g. held-out images)."""
+    patterns matched against each file's path relative to ``input_uri`` (e.g. held-out images);
+    ``include``: when given, only files matching one of these (e.g. a validation split)."""
     fs, root = fsspec.core.url_to_fs(input_uri)
     if not fs.exists(root):
         raise FileNotFoundError(f"no such input: {input_uri}")
@@ -85,6 +86,8 @@ def find_images(input_uri: str, exclude: tuple[str, ...] = ()) -> list[SourceIma
             continue
         relative = PurePosixPath(path).name if path == root else path[len(root) + 1:]
         if any(fnmatch.fnmatchcase(relative, pattern) for pattern in exclude):
+            continue
+        if include and not any(fnmatch.fnmatchcase(relative, pattern) for pattern in include):
             continue
         found.setdefault(sample_key(relative), []).append((relative, fs.unstrip_protocol(path), IMAGE_SUFFIXES[suffix]))
     images = []
@@ -139,10 +142,10 @@ def _result(image: SourceImage, future: Future):
 
 def make_shards(input_uri: str, output_uri: str, *, crop: int = 512, per_shard: int = 256,
                 max_pixels: int = DEFAULT_MAX_PIXELS, threads: int = 8, exclude: tuple[str, ...] = (),
-                log=print) -> ShardStats:
+                include: tuple[str, ...] = (), log=print) -> ShardStats:
     if crop < 1 or per_shard < 1 or threads < 1:
         raise ValueError(f"crop, per_shard and threads must be >= 1, got {crop}, {per_shard}, {threads}")
-    images = find_images(input_uri, exclude)
+    images = find_images(input_uri, exclude, include)
     if not images:
         raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {input_uri}")
     fs, root = fsspec.core.url_to_fs(output_uri)

@@ -46,6 +46,10 @@ def encode_stats(totals, run: RunInfo) -> dict:
         "mean_image_bpp": totals.sums["bpp_sum"] / ok if ok else None,  # the mean of each image's bpp
         "aggregate_bpp": 8 * bytes_out / pixels if pixels else None,  # all record bits over all pixels
         "model_fingerprints": sorted(totals.fingerprints),
+        # rows with a record by the rate id it was coded at (parts of layout 2 record none), and rows whose
+        # record is over the --target-bpp budget because no rate fits it (their warning column says so)
+        "rate_counts": {str(rate): n for rate, n in sorted(totals.rate_counts.items())},
+        "budget_warnings": totals.sums["budget_warnings"],
         **_run_figures(run),
     }
 
@@ -80,12 +84,18 @@ def format_summary(stats: dict) -> str:
     bpp = ", ".join(f"{label} {stats[name]:.4f}" for name, label in (("mean_image_bpp", "per-image mean bpp"),
                                                                        ("aggregate_bpp", "aggregate bpp"))
                     if stats.get(name) is not None) or "bpp n/a"
-    return "\n".join([
+    lines = [
         f"{stats['job']}-job summary: {run['input']} -> {run['output']}",
         f"  rows        {stats['rows']} ({counts})",
         f"  parts       {run['shards_written']} written this run, {run['shards_done_before']} already done, "
         f"{run['shards_total']} in all",
         f"  bytes       in {_size(stats['bytes_in'])}, out {_size(stats['bytes_out'])}, {bpp}",
-        f"  this run    {run['rows_this_run']} images in {run['wall_s']:.1f} s: {stats['images_per_s']:.2f} images/s "
-        f"({stats['images_per_s_pipeline']:.2f} images/s after start-up)",
-    ])
+    ]
+    if stats.get("rate_counts"):
+        rates = ", ".join(f"rate {rate}: {n}" for rate, n in stats["rate_counts"].items())
+        over = stats.get("budget_warnings") or 0
+        lines.append(f"  rates       {rates}" + (f"; {over} over the --target-bpp budget (no rate fits: see the "
+                                                   f"warning column)" if over else ""))
+    lines.append(f"  this run    {run['rows_this_run']} images in {run['wall_s']:.1f} s: {stats['images_per_s']:.2f} "
+                 f"images/s ({stats['images_per_s_pipeline']:.2f} images/s after start-up)")
+    return "\n".join(lines)

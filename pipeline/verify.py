@@ -8,7 +8,7 @@ Checks, in the order they run:
   sidecar, so a flipped byte anywhere in the file is caught; its footer readable and from this
   job; its row count and key range against the footer, the sidecar and the plan;
 * every record: the header parses, the keyed CRC holds with the fingerprint of its row, its
-  length and image size agree with its row; keys unique across the archive;
+  length, image size and rate id agree with its row; keys unique across the archive;
 * every model fingerprint: stored weights exist (``sprdiff.model_store``) and their files hash to it;
 * a sample of records (``--decode-sample N``; every record with ``--full``) decodes to an image of
   the size its row says.
@@ -171,6 +171,8 @@ def _check_record(report: VerifyReport, part: str, row: dict) -> bool:
     if (row.get("width"), row.get("height")) != (header.width, header.height):
         problems.append(f"the row says {row.get('width')}x{row.get('height')}, the record's header "
                         f"{header.width}x{header.height}")
+    if row.get("rate_id") is not None and row["rate_id"] != header.rate_id:  # null: a part of layout 2 or older
+        problems.append(f"the row says rate {row['rate_id']}, the record's header rate {header.rate_id}")
     for problem in problems:
         report.add(DAMAGE, "record", problem, part, key)
     return not problems
@@ -185,7 +187,7 @@ def _stream_part(location: Location, path: str, part: str, report: VerifyReport,
             parquet = pq.ParquetFile(f)
             kv = {k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
             file_names = parquet.schema_arrow.names
-            wanted = ["key", "status", RECORD_COLUMN, "model_fingerprint", "width", "height", "num_bytes"]
+            wanted = ["key", "status", RECORD_COLUMN, "model_fingerprint", "width", "height", "num_bytes", "rate_id"]
             columns = [stored_name(c, file_names) for c in wanted if stored_name(c, file_names) in file_names]
             footer_rows = parquet.metadata.num_rows
             seen: set[str] = set()

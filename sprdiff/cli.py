@@ -18,6 +18,7 @@ import torch
 from sprdiff import bitstream
 from sprdiff.errors import SPRDiffError
 from sprdiff.images import DEFAULT_MAX_PIXELS, encode_png, load_image
+from sprdiff.rates import budget_warning, check_rate, check_target_bpp
 from sprdiff.run_settings import DEFAULT_TILE_SIZE, PRECISIONS, check_tile_size
 
 DEFAULT_MODEL = "demo"  # the shipped trained model (sprdiff/pretrained/demo)
@@ -62,6 +63,24 @@ def runtime_settings(args: argparse.Namespace, device) -> dict:
     return {"precision": precision, "tile_size": check_tile_size(args.tile_size)}
 
 
+def add_rate_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--rate`` / ``--target-bpp``: which of the model's rate points codes each image (sprdiff.rates)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--rate", type=int, default=None, metavar="ID",
+                       help="the model's rate point to code at (demo: 0, 1, 2 from fewest to most bytes; default: "
+                            "the model's default rate; `sprdiff info --model M` lists them)")
+    group.add_argument("--target-bpp", type=float, default=None, metavar="BPP",
+                       help="a budget in bits per pixel: each image gets the rate whose record is the largest not "
+                            "above it, or the rate with the fewest bytes and a warning when none fits")
+
+
+def rate_settings(args: argparse.Namespace, config) -> dict:
+    """``rate`` and ``target_bpp`` for compress, checked against the model before any image is read."""
+    if args.target_bpp is not None:
+        return {"rate": None, "target_bpp": check_target_bpp(config, args.target_bpp)}
+    return {"rate": check_rate(config, args.rate), "target_bpp": None}
+
+
 def add_codec_commands(subparsers: argparse._SubParsersAction) -> None:
     enc = subparsers.add_parser("encode", help="encode image files to .sprd records")
     enc.add_argument("images", nargs="+", help="image files (local paths or fsspec URIs)")
@@ -72,6 +91,7 @@ def add_codec_commands(subparsers: argparse._SubParsersAction) -> None:
                      help="skip the colour map and offset grid (sprdiff.colour, sprdiff.offset_grid): "
                           "about half the encode time, lower PSNR")
     add_model_arguments(enc)
+    add_rate_arguments(enc)
     add_runtime_arguments(enc)
     enc.set_defaults(run=run_encode)
 
@@ -84,7 +104,7 @@ def add_codec_commands(subparsers: argparse._SubParsersAction) -> None:
 
     info = subparsers.add_parser("info", help="print a record's header as JSON")
     info.add_argument("records", nargs="+", help=".sprd files")
-    info.add_argument("--model", default=None, help="also verify the record against this model")
+    info.add_argument("--model", default=None, help="also verify the record against this model and list its rates")
     info.add_argument("--device", default=None, help=argparse.SUPPRESS)
     info.set_defaults(run=run_info)
 
@@ -121,17 +141,22 @@ def run_encode(args: argparse.Namespace) -> int:
     stems = _unique_stems(args.images)
     model = _load_model(args)
     runtime = runtime_settings(args, model.device)
+    rate = rate_settings(args, model.config)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
 
     def encode_one(path: str, stem: str) -> str:
         with fsspec.open(path, "rb") as f:
             pixels = load_image(f.read(), max_pixels=args.max_pixels)
-        [record] = model.compress([pixels], colour_correction=args.colour_correction, **runtime)
+        [record] = model.compress([pixels], colour_correction=args.colour_correction, **runtime, **rate)
         (out / f"{stem}{RECORD_SUFFIX}").write_bytes(record)
-        bpp = 8 * len(record) / (pixels.shape[0] * pixels.shape[1])
-        return f"{path} -> {out / (stem + RECORD_SUFFIX)}: {pixels.shape[1]}x{pixels.shape[0]}, " \
-               f"{len(record)} bytes, {bpp:.4f} bpp"
+        height, width = pixels.shape[:2]
+        bpp = 8 * len(record) / (width * height)
+        rate_id = bitstream.read_header(record)[0].rate_id
+        line = f"{path} -> {out / (stem + RECORD_SUFFIX)}: {width}x{height}, rate {rate_id}, {len(record)} bytes, " \
+               f"{bpp:.4f} bpp"
+        warning = budget_warning(len(record), width, height, rate_id, rate["target_bpp"])
+        return line if warning is None else f"{line} (warning: {warning})"
 
     return _each(args.images, encode_one, stems)
 
@@ -212,7 +237,8 @@ def run_info(args: argparse.Namespace) -> int:
         info = record_info(record)
         if model is not None:
             model.parse(record)  # raises on any mismatch
-            info.update(verified=True, model_id=model.model_id, model_fingerprint=model.fingerprint)
+            info.update(verified=True, model_id=model.model_id, model_fingerprint=model.fingerprint,
+                        model_rates=list(model.rate_ids), model_default_rate=model.config.rate_id)
         return json.dumps({"file": path, **info})
 
     return _each(args.records, info_one, [str(i) for i in range(len(args.records))])

@@ -16,6 +16,10 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+# Fields newer than saved models, with the default that old models implicitly have.
+OMITTED_AT_DEFAULT = {"rates": 1}
+
+
 @dataclass(frozen=True)
 class SPRDiffConfig:
     model_id: str
@@ -46,7 +50,8 @@ class SPRDiffConfig:
     lora_init: str = "zero"  # "zero": adapters start as identity (pretrained base); "random": toy models
     # -- coding
     timestep: int = 999  # fixed timestep of the one-step diffusion (ours: configurable)
-    rate_id: int = 0  # rate point / lambda id written into every record
+    rate_id: int = 0  # one-rate models: the rate id of every record; several rates: the default one
+    rates: int = 1  # rate points (sprdiff.rates): above 1, per-rate gain vectors choose them by the record's rate id
     init_seed: int | None = None  # set for presets random-initialised from a fixed seed
     pad_multiple: int = 64  # image sides are padded to this: fusion grid H/16, hyper-latent H/64
 
@@ -61,9 +66,20 @@ class SPRDiffConfig:
             raise ValueError(f"lora_init must be 'zero' or 'random', got {self.lora_init!r}")
         if not 0 <= self.rate_id <= 15:
             raise ValueError(f"rate_id must be in 0..15, got {self.rate_id}")
+        if not 1 <= self.rates <= 16:
+            raise ValueError(f"rates must be in 1..16 (a record's rate id has 4 bits), got {self.rates}")
+        if self.rates > 1 and self.rate_id >= self.rates:
+            raise ValueError(f"rate_id (the default rate) must be one of the model's rates 0..{self.rates - 1}, "
+                             f"got {self.rate_id}")
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        """The config as saved and fingerprinted. Fields added after models were saved are left out
+        at their defaults, so a model saved before them keeps its config text and fingerprint."""
+        data = asdict(self)
+        for name, default in OMITTED_AT_DEFAULT.items():
+            if data[name] == default:
+                del data[name]
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SPRDiffConfig:

@@ -33,6 +33,9 @@ def parse(model, record: bytes) -> tuple[RecordHeader, bytes]:
     if header.timestep != model.config.timestep:
         raise BitstreamError(f"record was coded for timestep {header.timestep}, this model uses "
                              f"{model.config.timestep}", status="model_mismatch")
+    if model.config.rates > 1 and header.rate_id not in model.rate_ids:
+        raise BitstreamError(f"record was coded at rate {header.rate_id}, model {model.model_id!r} has rates "
+                             f"{', '.join(map(str, model.rate_ids))}", status="model_mismatch")
     return header, strings[0]
 
 
@@ -44,8 +47,13 @@ def latent_shape(header: RecordHeader, multiple: int) -> tuple[int, int]:
 
 @torch.no_grad()
 def decode_latents(model, record: bytes) -> tuple[RecordHeader, torch.Tensor]:
+    """The record's header and Ŷ as synthesis takes it (for several rates: unscaled by the record's
+    rate's inverse gain, ``sprdiff.rates``)."""
     header, string = parse(model, record)
-    return header, model.entropy.decompress(string, latent_shape(header, model.config.pad_multiple), model.device)
+    coding_rate = header.rate_id if model.config.rates > 1 else None
+    y_hat = model.entropy.decompress(string, latent_shape(header, model.config.pad_multiple), model.device,
+                                     coding_rate)
+    return header, model.unscale_latent(y_hat, header.rate_id)
 
 
 def output_pixels(x_hat: torch.Tensor, header: RecordHeader) -> np.ndarray:

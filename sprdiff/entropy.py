@@ -41,7 +41,8 @@ SymbolCoder = Callable[[torch.Tensor, EntropyModel, torch.Tensor | None], torch.
 
 
 class SpaceChannelEntropyModel(nn.Module):
-    def __init__(self, latent_channels: int, groups: tuple[int, ...], hyper_channels: int, exact: bool = True):
+    def __init__(self, latent_channels: int, groups: tuple[int, ...], hyper_channels: int, exact: bool = True,
+                 rates: int = 1):
         super().__init__()
         self.exact = exact  # evaluate the parameter networks in exact integer arithmetic (sprdiff.exact)
         m, n = latent_channels, hyper_channels
@@ -74,6 +75,8 @@ class SpaceChannelEntropyModel(nn.Module):
             "y": ChannelGroupsLatentCodec(group_codecs, channel_context, groups=list(groups)),
             "hyper": HyperLatentCodec(EntropyBottleneck(n), h_a, h_s, quantizer="ste"),
         })
+        if rates > 1:  # per-rate offset of the side parameters (sprdiff.rates); on the exact grid when coding
+            self.rate_side = nn.Parameter(torch.zeros(rates, n * 2))
         self._tables: dict[int, tuple[list, list, list]] = {}
         self._exact_nets: dict[int, ExactNetwork] = {}
         # CompressAI's masked convs zero their masked weights in place on every forward;
@@ -85,9 +88,24 @@ class SpaceChannelEntropyModel(nn.Module):
 
     # ---- training
 
-    def forward(self, y: torch.Tensor) -> dict:
-        """``{"y_hat", "likelihoods": {"y", "z"}}`` (CompressAI's latent codec)."""
-        return self.codec(y)
+    def forward(self, y: torch.Tensor, rate: int | torch.Tensor | None = None) -> dict:
+        """``{"y_hat", "likelihoods": {"y", "z"}}``: CompressAI's hyperprior latent codec, with the
+        rate's side offset added to the side parameters (``rate``: an int or one per sample)."""
+        hyper = self.codec["hyper"](y)
+        params = hyper["params"]
+        if rate is not None and hasattr(self, "rate_side"):
+            index = torch.as_tensor(rate, device=params.device).reshape(-1)
+            params = params + self.rate_side[index].to(params.dtype)[:, :, None, None]
+        coded = self.codec["y"](y, params)
+        return {"likelihoods": {"y": coded["likelihoods"]["y"], "z": hyper["likelihoods"]["z"]},
+                "y_hat": coded["y_hat"]}
+
+    def side_offset(self, rate: int | None) -> torch.Tensor | None:
+        """The rate's side offset (1, 2n, 1, 1) on the exact grid, or None for one-rate models."""
+        if rate is None or not hasattr(self, "rate_side"):
+            return None
+        offset = self.rate_side.detach()[rate].reshape(1, -1, 1, 1)
+        return to_grid(offset) if self.exact else offset
 
     def aux_loss(self) -> torch.Tensor:
         return sum(m.loss() for m in self.modules() if isinstance(m, EntropyBottleneck))
@@ -129,7 +147,7 @@ class SpaceChannelEntropyModel(nn.Module):
 
     def _walk(self, z_shape: tuple[int, int], y_shape: tuple[int, int], code_z: SymbolCoder,
               code_y: Callable[[int, int, torch.Tensor, GaussianConditional, torch.Tensor], torch.Tensor],
-              device: torch.device) -> torch.Tensor:
+              device: torch.device, rate: int | None = None) -> torch.Tensor:
         """The decoding order shared by encoder and decoder; returns ``y_hat``.
 
         ``code_z(indexes, model, medians)`` and ``code_y(k, pass, indexes, model, means)``
@@ -143,6 +161,9 @@ class SpaceChannelEntropyModel(nn.Module):
             medians = to_grid(medians)
         z_symbols = code_z(eb._build_indexes(z_size).to(device), eb, medians)
         side = self._net(hyper.h_s)(eb.dequantize(z_symbols, medians))
+        offset = self.side_offset(rate)
+        if offset is not None:  # grid + grid: still exact
+            side = side + offset.to(device=side.device, dtype=side.dtype)
 
         groups_codec = self.codec["y"]
         y_hat = side.new_zeros((1, sum(self.groups), *y_shape))
@@ -169,8 +190,8 @@ class SpaceChannelEntropyModel(nn.Module):
         return y_hat.float()
 
     @torch.no_grad()
-    def compress(self, y: torch.Tensor) -> tuple[bytes, torch.Tensor]:
-        """One latent ``(1, M, h, w)`` -> (one rANS string, ``y_hat``)."""
+    def compress(self, y: torch.Tensor, rate: int | None = None) -> tuple[bytes, torch.Tensor]:
+        """One latent ``(1, M, h, w)`` (already scaled by the rate's gain) -> (one rANS string, ``y_hat``)."""
         if y.dim() != 4 or y.shape[0] != 1:
             raise ValueError(f"compress takes one latent of shape (1, M, h, w), got {tuple(y.shape)}")
         if y.shape[2] % 4 or y.shape[3] % 4:
@@ -195,13 +216,13 @@ class SpaceChannelEntropyModel(nn.Module):
             target = self.codec["y"][f"y{k}"].unembed(y_split[k])[step]
             return write(model.quantize(target, "symbols", means), indexes, model)
 
-        y_hat = self._walk(tuple(z.shape[2:]), tuple(y.shape[2:]), code_z, code_y, y.device)
+        y_hat = self._walk(tuple(z.shape[2:]), tuple(y.shape[2:]), code_z, code_y, y.device, rate)
         return encoder.flush(), y_hat
 
     @torch.no_grad()
-    def decompress(self, string: bytes, y_shape: tuple[int, int], device: torch.device | str = "cpu"
-                   ) -> torch.Tensor:
-        """One rANS string and the latent's spatial size -> ``y_hat`` ``(1, M, h, w)``."""
+    def decompress(self, string: bytes, y_shape: tuple[int, int], device: torch.device | str = "cpu",
+                   rate: int | None = None) -> torch.Tensor:
+        """One rANS string and the latent's spatial size -> ``y_hat`` ``(1, M, h, w)`` (still scaled)."""
         decoder = RansDecoder()
         decoder.set_stream(string)
 
@@ -212,4 +233,4 @@ class SpaceChannelEntropyModel(nn.Module):
 
         z_shape = (y_shape[0] // 4, y_shape[1] // 4)
         return self._walk(z_shape, tuple(y_shape), lambda idx, model, _medians: read(idx, model),
-                          lambda _k, _step, idx, model, _means: read(idx, model), torch.device(device))
+                          lambda _k, _step, idx, model, _means: read(idx, model), torch.device(device), rate)

@@ -16,7 +16,7 @@ from compressai.layers import ResidualBlock, subpel_conv3x3
 from diffusers import DDPMScheduler
 from torch import nn
 
-from sprdiff import checkpointing, decoder, encoder, loading, tiling
+from sprdiff import checkpointing, decoder, encoder, loading, rates, tiling
 from sprdiff.bitstream import Record, RecordHeader
 from sprdiff.checkpointing import Checkpointable, CheckpointedSequential, maybe_checkpoint
 from sprdiff.config import SPRDiffConfig
@@ -63,7 +63,9 @@ class SPRDiff(Checkpointable, nn.Module):
             conv3x3(c.fusion_channels, c.transform_channels), ResidualBlock(c.transform_channels, c.transform_channels),
             conv3x3(c.transform_channels, c.latent_channels))
         self.entropy = SpaceChannelEntropyModel(c.latent_channels, c.entropy_groups, c.hyper_channels,
-                                                exact=c.exact_entropy)
+                                                exact=c.exact_entropy, rates=c.rates)
+        if c.rates > 1:  # gain vectors of the rate points (sprdiff.rates); one-rate models have none
+            self.rate_gains = rates.RateGains(c.rates, c.latent_channels)
         # -- decoder side
         self.latent_decoder = CheckpointedSequential(  # D_l: Ŷ -> Ê in the SD latent space (H/8, 4 ch)
             conv3x3(c.latent_channels, c.transform_channels), ResidualBlock(c.transform_channels, c.transform_channels),
@@ -192,12 +194,36 @@ class SPRDiff(Checkpointable, nn.Module):
             x_hat = self.vae.decode(z_0 / self.vae.config.scaling_factor).sample
         return ((x_hat + 1) / 2).clamp(0, 1), x_bar
 
-    def forward(self, x: torch.Tensor) -> dict:
-        """Training pass: ``{"x_hat", "x_bar", "likelihoods": {"y", "z"}, "y_hat"}``."""
-        y = self.analysis(x)
-        coded = self.entropy(y)
-        x_hat, x_bar = self.synthesis(coded["y_hat"])
-        return {"x_hat": x_hat, "x_bar": x_bar, "likelihoods": coded["likelihoods"], "y_hat": coded["y_hat"]}
+    # ---- rate points (sprdiff.rates): identity for one-rate models
+
+    @property
+    def rate_ids(self) -> tuple[int, ...]:
+        """The rate ids this model codes at (records of every one decode with it)."""
+        return rates.rate_ids(self.config)
+
+    def scale_latent(self, y: torch.Tensor, rate: int | torch.Tensor) -> torch.Tensor:
+        """Y -> what the entropy model codes at ``rate`` (an int, or one per sample)."""
+        return self.rate_gains.scale(y, rate) if self.config.rates > 1 else y
+
+    def unscale_latent(self, y_hat: torch.Tensor, rate: int | torch.Tensor) -> torch.Tensor:
+        """The entropy model's Ŷ at ``rate`` -> what synthesis takes."""
+        return self.rate_gains.unscale(y_hat, rate) if self.config.rates > 1 else y_hat
+
+    def coding_rate(self, rate: int | None) -> int | None:
+        """The rate the entropy model is told: None for one-rate models (they have no side offsets)."""
+        return rates.check_rate(self.config, rate) if self.config.rates > 1 else None
+
+    def forward(self, x: torch.Tensor, rate: int | torch.Tensor | None = None) -> dict:
+        """Training pass: ``{"x_hat", "x_bar", "likelihoods": {"y", "z"}, "y_hat"}``. ``rate``: the
+        rate id of the whole batch or of each sample (B,); None: the model's default."""
+        if rate is None:
+            rate = self.config.rate_id
+        multi = self.config.rates > 1
+        y = self.scale_latent(self.analysis(x), rate)
+        coded = self.entropy(y, rate if multi else None)
+        y_hat = self.unscale_latent(coded["y_hat"], rate)
+        x_hat, x_bar = self.synthesis(y_hat)
+        return {"x_hat": x_hat, "x_bar": x_bar, "likelihoods": coded["likelihoods"], "y_hat": y_hat}
 
     # ---- images <-> records (sprdiff.encoder decides the bytes, sprdiff.decoder reads them)
 
@@ -206,17 +232,22 @@ class SPRDiff(Checkpointable, nn.Module):
         return encoder.pad(image, self.config.pad_multiple, self.device)
 
     @torch.no_grad()
-    def encode_image(self, image: np.ndarray) -> EncodedImage:
-        """One image's latent code, before it becomes a record."""
-        string, y_hat = self.entropy.compress(self.analysis(self.pad(image)))
-        return EncodedImage(string=string, y_hat=y_hat, width=image.shape[1], height=image.shape[0])
+    def encode_image(self, image: np.ndarray, rate: int | None = None) -> EncodedImage:
+        """One image's latent code at ``rate`` (default: the model's), before it becomes a record;
+        ``y_hat`` is what synthesis takes."""
+        rate = rates.check_rate(self.config, rate)
+        y = self.scale_latent(self.analysis(self.pad(image)), rate)
+        string, y_hat = self.entropy.compress(y, self.coding_rate(rate))
+        return EncodedImage(string=string, y_hat=self.unscale_latent(y_hat, rate), width=image.shape[1],
+                            height=image.shape[0])
 
     def encode(self, images: list[np.ndarray], settings: EncodeSettings | None = None) -> list[Record]:
         """(H, W, 3) uint8 arrays of any sizes -> one record each, with its header (``sprdiff.encoder``)."""
         return encoder.encode(self, images, settings or EncodeSettings())
 
     def compress(self, images: list[np.ndarray], *, colour_correction: bool = True, batch_size: int = 1,
-                 precision: str = "fp32", tile_size: int | None = tiling.DEFAULT_TILE_SIZE) -> list[bytes]:
+                 precision: str = "fp32", tile_size: int | None = tiling.DEFAULT_TILE_SIZE, rate: int | None = None,
+                 target_bpp: float | None = None) -> list[bytes]:
         """(H, W, 3) uint8 arrays of any sizes -> one record's bytes each.
 
         With ``colour_correction`` (the default) the encoder also decodes each image and sends
@@ -225,10 +256,12 @@ class SPRDiff(Checkpointable, nn.Module):
         offsets (``sprdiff.offset_grid``). That decode about doubles the encoding time;
         ``False`` skips it. ``batch_size``: see ``sprdiff.encoder`` (1: bytes independent of the
         other images in the call); ``precision``: ``fp32`` or ``bf16`` (``sprdiff.precision``);
-        ``tile_size``: images with a padded side above it run on overlapping tiles (``sprdiff.tiling``).
+        ``tile_size``: images with a padded side above it run on overlapping tiles (``sprdiff.tiling``);
+        ``rate``: one of :attr:`rate_ids` (default: ``config.rate_id``); ``target_bpp``: instead of a rate,
+        a budget in bits per pixel: each image gets the rate whose record is the largest within it.
         """
         settings = EncodeSettings(side_information=colour_correction, batch_size=batch_size, precision=precision,
-                                  tile_size=tile_size)
+                                  tile_size=tile_size, rate=rate, target_bpp=target_bpp)
         return [record.data for record in self.encode(images, settings)]
 
     def parse(self, record: bytes) -> tuple[RecordHeader, bytes]:

@@ -98,9 +98,11 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def choose(decoded: torch.Tensor, original: torch.Tensor, header: RecordHeader, string_lengths: Sequence[int],
-           channels: Sequence[SideChannel] = SIDE_CHANNELS) -> tuple[RecordHeader, torch.Tensor]:
+           channels: Sequence[SideChannel] = SIDE_CHANNELS, max_bytes: int | None = None
+           ) -> tuple[RecordHeader, torch.Tensor]:
     """The header with every side channel that pays for its bytes, and the image the decoder will
-    then have. ``decoded``, ``original``: (3, H, W) in [0, 1] on one device (fitted in float64)."""
+    then have. ``decoded``, ``original``: (3, H, W) in [0, 1] on one device (fitted in float64).
+    ``max_bytes``: a byte budget; candidates that would take the record above it are passed over."""
     current, original = decoded.double(), original.double()
     for channel in channels:
         before = _mse(current, original)
@@ -108,6 +110,8 @@ def choose(decoded: torch.Tensor, original: torch.Tensor, header: RecordHeader, 
         best: tuple[float, Candidate] | None = None
         for candidate in channel.fit(current, original):
             extra = cost(channel, header, string_lengths, candidate.value)
+            if max_bytes is not None and record_bytes + extra > max_bytes:
+                continue
             gain = net_gain_db(before, candidate.mse, record_bytes, extra)
             if gain > 0 and (best is None or gain > best[0]):
                 best = (gain, candidate)

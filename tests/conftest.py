@@ -27,6 +27,27 @@ def tiny_model():
 
 
 @pytest.fixture(scope="session")
+def rate_points_model_dir(tmp_path_factory) -> Path:
+    """``tiny`` with three rate points (gains 0.5, 1, 2, then moved apart per channel so every gain
+    differs), saved: load it by this path, through the same code as any stored model."""
+    import torch
+
+    from sprdiff import SPRDiff
+    from sprdiff.rates import add_rate_points
+
+    model = SPRDiff.from_pretrained("tiny")
+    add_rate_points(model, [0.5, 1.0, 2.0], default_rate=1)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(29)
+        model.rate_gains.log_gain.add_(0.1 * torch.randn_like(model.rate_gains.log_gain))
+        model.rate_gains.log_inverse_gain.add_(0.1 * torch.randn_like(model.rate_gains.log_inverse_gain))
+        model.entropy.rate_side.add_(0.1 * torch.randn_like(model.entropy.rate_side))
+    directory = tmp_path_factory.mktemp("rate-points") / "model"
+    model.save_pretrained(str(directory))
+    return directory
+
+
+@pytest.fixture(scope="session")
 def sample_images() -> dict[str, np.ndarray]:
     """A few real photos of different sizes from skimage.data (shipped with the package)."""
     from skimage import data

@@ -2,16 +2,20 @@
 # Retrains the shipped `demo` model (sprdiff/pretrained/demo) from nothing, exactly as it was made:
 # shards of ../shared/data/photos minus 5 held-out photos, then stages 0, 1 and 2 with
 # jobs/configs/demo.json, then eight more stage-2 runs (later_runs below: each merges its config
-# over demo.json and starts from the previous run's model), then copies the last model into the package
-# (its evaluation report: jobs/configs/demo_eval.sh).
-# About 10 h of training on 2 CPU cores.
+# over demo.json and starts from the previous run's model), then one run that gives it three rate
+# points (validated on a split of the training photos), then copies that run's best model into the
+# package (its evaluation report: jobs/configs/demo_eval.sh).
+# About 11 h of training on 2 CPU cores.
 # Rerunning resumes each stage from its last checkpoint under $RUN.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PHOTOS=${PHOTOS:-../shared/data/photos}
 RUN=${RUN:-out/demo-train}
 CONFIG=jobs/configs/demo.json
-HELD_OUT=(045.png 046.png 047.png 048.png 049.png)  # validation: never in the shards
+HELD_OUT=(045.png 046.png 047.png 048.png 049.png)  # the final report's photos: never in any shards
+# Carved out of the training photos for the rate-points run: it trains without them and they choose
+# its best checkpoint (the held-out photos choose nothing).
+VALIDATION=(008.png 017.png 026.png 035.png 044.png)
 
 bash scripts/setup.sh
 export RAY_AUTH_MODE=disabled
@@ -39,6 +43,18 @@ for run in "${later_runs[@]}"; do
         --output "$RUN/${run#*:}" --resume --cpus-per-worker 2 --model "$RUN/$previous/model"
     previous=${run#*:}
 done
+
+# Three rate points in one model (jobs/configs/demo_stage2_rates.json): trained without the validation
+# split, which picks the best checkpoint; that one (OUTPUT/best-model) is shipped.
+split=()
+for name in "${VALIDATION[@]}"; do split+=(--include "$name"); done
+$sprdiff make-shards --input "$PHOTOS" --output "$RUN/validation-rates" --crop 512 --per-shard 16 "${split[@]}"
+for name in "${VALIDATION[@]}"; do exclude+=(--exclude "$name"); done
+$sprdiff make-shards --input "$PHOTOS" --output "$RUN/shards-rates" --crop 128 --per-shard 16 "${exclude[@]}"
+$sprdiff train --stage 2 --config "$CONFIG" --config jobs/configs/demo_stage2_rates.json --data "$RUN/shards-rates" \
+    --validation-data "$RUN/validation-rates" --output "$RUN/stage2-rates" --resume --cpus-per-worker 2 \
+    --model "$RUN/$previous/model"
+previous=stage2-rates/best-model
 
 rm -rf sprdiff/pretrained/demo
 mkdir -p sprdiff/pretrained

@@ -85,6 +85,19 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class RatePoint:
+    """One rate point of a model trained jointly over several (``sprdiff.rates``); its place in
+    ``rate_points`` is its rate id."""
+
+    lambda_rate: float  # λ_b of the samples coded at this rate
+    init_gain: float  # scalar gain it starts from when a one-rate model is given rate points
+
+    def __post_init__(self):
+        if not self.lambda_rate > 0 or not self.init_gain > 0:
+            raise ValueError(f"rate points need lambda_rate > 0 and init_gain > 0, got {self}")
+
+
+@dataclass(frozen=True)
 class StageConfig:
     steps: int
     lr: float
@@ -95,6 +108,9 @@ class StageConfig:
     # lr of the hyper-latent's factorized prior (CompressAI EntropyBottleneck density) as a multiple of
     # lr: that density starts wide and, at the main lr, needs far more steps to fit than short runs have
     prior_lr_scale: float
+    # several rate points trained jointly, sample by sample in turn (empty: one rate, λ_b = lambda_rate);
+    # lambda_rate then names the model's default rate and must be one of theirs
+    rate_points: tuple[RatePoint, ...] = ()
 
     def __post_init__(self):
         if self.steps < 1 or self.lr <= 0:
@@ -103,6 +119,13 @@ class StageConfig:
             raise ValueError(f"prior_lr_scale must be > 0, got {self.prior_lr_scale}")
         if list(self.lr_drops) != sorted(self.lr_drops):
             raise ValueError(f"lr_drops must be sorted by step: {self.lr_drops}")
+        if self.rate_points:
+            lambdas = [p.lambda_rate for p in self.rate_points]
+            if len(self.rate_points) < 2 or len(self.rate_points) > 16:
+                raise ValueError(f"rate_points: 2 to 16 rate points (a rate id has 4 bits), got {len(lambdas)}")
+            if float(self.lambda_rate) not in lambdas:
+                raise ValueError(f"lambda_rate {self.lambda_rate} must be one of the rate points' {lambdas}: it "
+                                 f"names the model's default rate")
 
     def lr_at(self, step: int) -> float:
         """Learning rate used for the update that makes ``step`` (0-based count of finished steps)."""
@@ -113,6 +136,8 @@ class StageConfig:
         return lr
 
     def rate_id_for(self, lambda_rate: float) -> int | None:
+        if self.rate_points:  # a rate point's id is its place in the list
+            return [p.lambda_rate for p in self.rate_points].index(float(lambda_rate))
         for key, rate_id in self.rate_ids.items():
             if float(key) == float(lambda_rate):
                 return rate_id
@@ -234,6 +259,8 @@ def _build(cls, data: Any, where: str):
             value = tuple((int(step), float(lr)) for step, lr in value)
         elif name == "rate_ids":
             value = {str(k): int(v) for k, v in value.items()}
+        elif name == "rate_points":
+            value = tuple(_build(RatePoint, point, f"{where}.rate_points[{i}]") for i, point in enumerate(value))
         values[name] = value
     return cls(**values)
 

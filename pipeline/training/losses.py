@@ -40,6 +40,23 @@ def estimated_bpp(likelihoods: dict[str, torch.Tensor], num_pixels: int) -> torc
     return bits / num_pixels
 
 
+def estimated_bpp_per_sample(likelihoods: dict[str, torch.Tensor], pixels_per_image: int) -> torch.Tensor:
+    """(B,): each sample's Σ −log2 p over every latent, divided by its pixels."""
+    bits = sum(torch.log(p.float()).flatten(1).sum(1) for p in likelihoods.values()) / -math.log(2)
+    return bits / pixels_per_image
+
+
+def rate_term(likelihoods: dict[str, torch.Tensor], x: torch.Tensor, lambda_rate: float | torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(λ_b·R, R): the weighted rate and the mean bpp. ``lambda_rate`` is one λ_b, or one per sample
+    (B,) when the samples are coded at several rate points (``rate_points``)."""
+    if isinstance(lambda_rate, torch.Tensor):
+        per_sample = estimated_bpp_per_sample(likelihoods, x.shape[2] * x.shape[3])
+        return (lambda_rate.to(per_sample) * per_sample).mean(), per_sample.mean()
+    bpp = estimated_bpp(likelihoods, x.shape[0] * x.shape[2] * x.shape[3])
+    return lambda_rate * bpp, bpp
+
+
 class VGGFeatures(nn.Module):
     """φ: torchvision's VGG16 ``features`` up to ``layer`` (e.g. relu3_3), frozen, ImageNet
     normalisation inside. Only the convolutional part is built (the 120M-parameter classifier
@@ -130,17 +147,16 @@ def haarpsi_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return 1 - piq.haarpsi(x_hat.clamp(0, 1), x, data_range=1.0, scales=HAARPSI_SCALES)
 
 
-def codec_loss(x: torch.Tensor, out: dict, vgg: VGGFeatures | None, weights: LossWeights, lambda_rate: float,
-               fake_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def codec_loss(x: torch.Tensor, out: dict, vgg: VGGFeatures | None, weights: LossWeights,
+               lambda_rate: float | torch.Tensor, fake_logits: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The codec's total loss and each term (unweighted), from the model's training output.
-    Terms whose weight is 0 and that cost a network pass (VGG16, MS-SSIM, HaarPSI) are left out."""
+    Terms whose weight is 0 and that cost a network pass (VGG16, MS-SSIM, HaarPSI) are left out.
+    ``lambda_rate``: λ_b, or one per sample (B,) (see :func:`rate_term`)."""
     x_hat, x_bar = out["x_hat"].float(), out["x_bar"].float()
-    terms = {
-        "mse_x_hat": F.mse_loss(x_hat, x),
-        "mse_x_bar": F.mse_loss(x_bar, x),
-        "bpp": estimated_bpp(out["likelihoods"], x.shape[0] * x.shape[2] * x.shape[3]),
-    }
-    total = weights.mse_x_hat * terms["mse_x_hat"] + weights.mse_x_bar * terms["mse_x_bar"] + lambda_rate * terms["bpp"]
+    weighted_rate, bpp = rate_term(out["likelihoods"], x, lambda_rate)
+    terms = {"mse_x_hat": F.mse_loss(x_hat, x), "mse_x_bar": F.mse_loss(x_bar, x), "bpp": bpp}
+    total = weights.mse_x_hat * terms["mse_x_hat"] + weights.mse_x_bar * terms["mse_x_bar"] + weighted_rate
     if weights.perceptual > 0:
         if vgg is None:
             raise ValueError("the perceptual term has a weight but no VGG16 was built")

@@ -29,6 +29,7 @@ from pipeline.training.discriminator import PatchDiscriminator
 from pipeline.training.losses import VGGFeatures, codec_loss, discriminator_loss
 from pipeline.training.memory import prepare_for_training, trains_in_bf16
 from sprdiff import SPRDiff
+from sprdiff.rates import add_rate_points
 
 AUX_PARAMETER_SUFFIX = ".quantiles"  # CompressAI: EntropyBottleneck quantiles go to the aux optimizer
 Wrap = Callable[[nn.Module], nn.Module]
@@ -178,6 +179,23 @@ class OptimizedTrainer:
         return result
 
 
+def give_rate_points(model: SPRDiff, stage: StageConfig, lambda_rate: float) -> tuple[float, ...]:
+    """The λ_b of each rate id when ``stage`` trains rate points (else ()): a one-rate model gets
+    them here (``sprdiff.rates.add_rate_points``, default rate: the one at ``lambda_rate``); a model
+    that has them must have as many."""
+    if not stage.rate_points:
+        return ()
+    lambdas = tuple(float(p.lambda_rate) for p in stage.rate_points)
+    if lambda_rate not in lambdas:
+        raise ValueError(f"lambda_rate {lambda_rate} is not one of the rate points' {list(lambdas)}")
+    if model.config.rates == 1:
+        add_rate_points(model, [p.init_gain for p in stage.rate_points], lambdas.index(lambda_rate))
+    elif model.config.rates != len(lambdas):
+        raise ValueError(f"model {model.model_id!r} has {model.config.rates} rate points, the config trains "
+                         f"{len(lambdas)}: give a one-rate model or one with as many")
+    return lambdas
+
+
 def micro_batch_list(x: torch.Tensor | list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """A batch, or the micro-batches of one accumulated update, as a list on ``device``."""
     batches = [x] if isinstance(x, torch.Tensor) else list(x)
@@ -195,6 +213,7 @@ class StageTrainer(OptimizedTrainer):
         self.lambda_rate = self.stage.lambda_rate if lambda_rate is None else float(lambda_rate)
         self.device = torch.device(device)
         self.use_bf16 = trains_in_bf16(config, self.device)
+        self.rate_lambdas = give_rate_points(model, self.stage, self.lambda_rate)
         self.model = model.to(self.device)
         model.freeze_pretrained()
         for component in config.train_pretrained:  # no pretrained prior to keep (models trained from scratch)
@@ -246,12 +265,19 @@ class StageTrainer(OptimizedTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         fakes: list[torch.Tensor] = []
 
+        first_sample = [0]
+
         def generator_loss(xb: torch.Tensor):
+            rate, lambda_rate = self.sample_rates(first_sample[0], xb.shape[0])
+            first_sample[0] += xb.shape[0]
             with self._autocast():
-                out = self.net(xb)
+                out = self.net(xb) if rate is None else self.net(xb, rate)
                 fake_logits = self.d_net(out["x_hat"]) if self.d_net is not None else None
             fakes.append(out["x_hat"].detach())
-            return codec_loss(xb, out, self.vgg, self.stage.weights, self.lambda_rate, fake_logits)
+            loss, terms = codec_loss(xb, out, self.vgg, self.stage.weights, lambda_rate, fake_logits)
+            if rate is not None:
+                terms["rate_id"] = rate.float().mean()
+            return loss, terms
 
         metrics = self.backward_micro_batches([self.net, self.d_net], micro_batches, generator_loss)
         grad_norm, aux_loss = self.step_optimizers(self.model.entropy.aux_loss)
@@ -272,6 +298,17 @@ class StageTrainer(OptimizedTrainer):
             self.d_scheduler.step()
         self.step += 1
         return self.averaged(metrics, lr, started)
+
+    def sample_rates(self, first: int, count: int) -> tuple[torch.Tensor | None, float | torch.Tensor]:
+        """Rate ids and λ_b of ``count`` samples starting at the update's sample ``first``: with rate
+        points the samples take them in turn, continuing from update to update (one sample an
+        update: rate ``step % R``), so each rate gets an equal share; else (None, λ_b)."""
+        if not self.rate_lambdas:
+            return None, self.lambda_rate
+        per_update = self.config.data.batch_size * self.config.grad_accum
+        n = len(self.rate_lambdas)
+        ids = (torch.arange(count) + self.step * per_update + first) % n
+        return ids.to(self.device), torch.tensor(self.rate_lambdas, device=self.device)[ids.to(self.device)]
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor) -> dict[str, float]:
@@ -302,6 +339,7 @@ class StageTrainer(OptimizedTrainer):
     def state_dict(self) -> dict:
         state = {
             "step": self.step, "stage": self.stage_number, "lambda_rate": self.lambda_rate,
+            "rate_lambdas": list(self.rate_lambdas),
             "model": self.trainable_state(),
             "parameter_names": {"main": self.main_names, "aux": self.aux_names},
             "optimizer": self.optimizer.state_dict(), "aux_optimizer": self.aux_optimizer.state_dict(),
@@ -319,6 +357,9 @@ class StageTrainer(OptimizedTrainer):
         if float(state["lambda_rate"]) != self.lambda_rate:
             raise ValueError(f"checkpoint was trained with lambda_rate {state['lambda_rate']}, this run asks for "
                              f"{self.lambda_rate}: each rate point needs its own --output")
+        if [float(v) for v in state.get("rate_lambdas", [])] != list(self.rate_lambdas):
+            raise ValueError(f"checkpoint was trained with rate points at λ_b {state.get('rate_lambdas', [])}, this "
+                             f"run's are {list(self.rate_lambdas)}: use a new --output for other rate points")
         if state["parameter_names"] != {"main": self.main_names, "aux": self.aux_names}:
             raise ValueError("checkpoint's trainable parameters differ from this model's: was it written for "
                              "another --model?")

@@ -13,6 +13,9 @@ what a user would get:
     mse        mean over images of the 8-bit MSE on [0, 1] values
     rd_cost    weights.mse_x_hat·mse + λ_b·bpp               (stages 1-2)
 
+A model trained at several rate points (``rate_points``) is validated at each: ``<score>_rate<r>``
+per rate (``rd_cost_rate<r>`` at that rate's λ_b), and the plain names the mean over the rates.
+
 ``rd_cost`` is the rate-distortion part of the training loss (``w·‖x̂ − x‖² + λ_b·R``) measured
 on real bytes and rounded pixels; the perceptual, coarse-image and adversarial terms are left out.
 Stage 0 has no λ_b for the codec (it pretrains the parts around it), so there is no ``rd_cost``
@@ -137,16 +140,17 @@ def kept_training_state(model: torch.nn.Module) -> Iterator[None]:
                 module._buffers[name] = buffer  # in case it was replaced
 
 
-def validate(model: SPRDiff, images: list[np.ndarray]) -> dict[str, float]:
-    """Encode ``images`` to records with the model's default settings, decode them and score the
-    result (see the module docstring); ``model``'s training state is left as it was."""
+def validate(model: SPRDiff, images: list[np.ndarray], rate: int | None = None) -> dict[str, float]:
+    """Encode ``images`` to records with the model's default settings (at ``rate``: default the
+    model's), decode them and score the result (see the module docstring); ``model``'s training
+    state is left as it was."""
     precision = default_precision(model.device)  # what `sprdiff encode` uses on this device
     with kept_training_state(model):
         model.eval()
         model.entropy.update()  # integer tables of the current parameters (export does the same)
         model.invalidate_fingerprint()
         try:
-            records = model.compress(images, precision=precision)
+            records = model.compress(images, precision=precision, rate=rate)
             decoded = model.decompress(records, precision=precision)
         finally:
             model.entropy.invalidate_tables()  # drop the cached tables and integer networks: the weights move on
@@ -165,6 +169,22 @@ def validate(model: SPRDiff, images: list[np.ndarray]) -> dict[str, float]:
 def rd_cost(scores: dict[str, float], mse_weight: float, lambda_rate: float) -> float:
     """The training loss's rate-distortion terms on real bytes: ``w·MSE + λ_b·bpp`` (MSE on [0, 1])."""
     return mse_weight * scores["mse"] + lambda_rate * scores["bpp"]
+
+
+def validate_rate_points(model: SPRDiff, images: list[np.ndarray], mse_weight: float,
+                         rate_lambdas: tuple[float, ...]) -> dict[str, float]:
+    """Every rate point scored (``<score>_rate<r>``, each with its own ``rd_cost`` at its λ_b), and
+    the plain names the mean over the rates: the criterion weighs every rate point equally."""
+    scores: dict[str, float] = {}
+    per_rate = []
+    for rate, lambda_rate in enumerate(rate_lambdas):
+        one = validate(model, images, rate)
+        one["rd_cost"] = rd_cost(one, mse_weight, lambda_rate)
+        per_rate.append(one)
+        scores.update({f"{name}_rate{rate}": value for name, value in one.items()})
+    for name in per_rate[0]:
+        scores[name] = float(np.mean([one[name] for one in per_rate]))
+    return scores
 
 
 def criterion_for(stage: int, criterion: str) -> str:
@@ -194,8 +214,13 @@ class Validator:
 
     def run(self, trainer, run_info: dict) -> dict[str, float | None]:
         """Validate ``trainer``'s model now; returns the scores as ``val_<name>`` for the step's record."""
-        scores = validate(trainer.exportable(), self.images)
-        if self.stage != 0:
+        rate_lambdas = getattr(trainer, "rate_lambdas", ())
+        if rate_lambdas:
+            scores = validate_rate_points(trainer.exportable(), self.images, trainer.stage.weights.mse_x_hat,
+                                          rate_lambdas)
+        else:
+            scores = validate(trainer.exportable(), self.images)
+        if self.stage != 0 and not rate_lambdas:
             scores["rd_cost"] = rd_cost(scores, trainer.stage.weights.mse_x_hat, trainer.lambda_rate)
         self.log.write({"step": trainer.step, **json_safe(scores)})
         value = scores[self.criterion]

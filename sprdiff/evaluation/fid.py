@@ -17,7 +17,7 @@ Features are accumulated image by image, so memory holds 8 KB per patch, not the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 import numpy as np
@@ -88,20 +88,21 @@ class PatchFID:
         self.features = features
         self.patch = patch
         self._reference: dict[str, torch.Tensor] = {}  # image key -> features of the original's patches
-        self._features: dict[str, list[torch.Tensor]] = {}  # method -> features, one tensor per image
-        self._keys: dict[str, list[str]] = {}  # method -> the image keys it reconstructed
+        # method (any hashable label, e.g. (rate id, method name)) -> features, one tensor per image
+        self._features: dict[Hashable, list[torch.Tensor]] = {}
+        self._keys: dict[Hashable, list[str]] = {}  # method -> the image keys it reconstructed
 
     def add_reference(self, key: str, image: np.ndarray) -> None:
         self._reference[key] = self.features(extract_patches(image, self.patch))
 
-    def add(self, method: str, key: str, image: np.ndarray) -> None:
+    def add(self, method: Hashable, key: str, image: np.ndarray) -> None:
         """Features of a reconstruction; the original of the same image must be added first."""
         if key not in self._reference:
             raise ValueError(f"add_reference({key!r}, ...) must come before add({method!r}, {key!r}, ...)")
         self._features.setdefault(method, []).append(self.features(extract_patches(image, self.patch)))
         self._keys.setdefault(method, []).append(key)
 
-    def results(self) -> dict[str, dict]:
+    def results(self) -> dict[Hashable, dict]:
         """Per method: FID, KID (mean, std), and how many images and patches went in.
 
         Each method is compared with the originals of the images it reconstructed (a baseline that

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 from matplotlib import ticker  # noqa: E402
 
-from sprdiff.evaluation.reference import PAPER_POINTS  # noqa: E402
+from sprdiff.evaluation.reference import PAPER_CURVE, PAPER_CURVE_LABEL, PAPER_POINTS  # noqa: E402
 from sprdiff.evaluation.summary import from_json_number  # noqa: E402
 
 # metric -> (axis label, draw paper points); drawn in this order when any curve has the metric
@@ -38,7 +38,8 @@ def plot_rd(curves: dict[str, list[dict]], path: str | Path, *, scatter: dict[st
 
     ``curves``: label -> RD points (dicts with ``bpp`` and metric means), joined by a line when there
     are several (rate points of one method). ``scatter``: label -> per-image pairs, drawn faintly.
-    The paper's Table I points are added to the panels they have values for.
+    The paper's Table I points and its three rate points (a dashed black series) are added to the
+    panels they have values for.
     """
     present = [m for m in PANELS if m in ALWAYS or any(m in p for pts in curves.values() for p in pts)]
     fig, axes = plt.subplots(1, len(present), figsize=(4.6 * len(present), 4.2), squeeze=False)
@@ -55,6 +56,10 @@ def plot_rd(curves: dict[str, list[dict]], path: str | Path, *, scatter: dict[st
             if xy:
                 ax.plot(*zip(*xy), marker="o", color=_colour(name), label=name, linewidth=1.5)
         if with_paper:
+            xy = [(p["bpp"], p[metric]) for p in PAPER_CURVE if metric in p]
+            if xy:
+                ax.plot(*zip(*xy), marker="s", markersize=5, color="black", linestyle="--", linewidth=1,
+                        label=PAPER_CURVE_LABEL, zorder=3)
             for marker, (name, ref) in zip(REFERENCE_MARKERS, PAPER_POINTS.items()):
                 if metric in ref:
                     ax.scatter([ref["bpp"]], [ref[metric]], marker=marker, s=70, color="black", label=name,

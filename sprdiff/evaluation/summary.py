@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from sprdiff.evaluation.reference import PAPER_POINTS, SOURCE
+from sprdiff.evaluation import bd_rate
+from sprdiff.evaluation.reference import CURVE_SOURCE, PAPER_CURVE, PAPER_CURVE_LABEL, PAPER_POINTS, SOURCE
 from sprdiff.evaluation.run import OURS, EvalResult
 from sprdiff.evaluation.suite import METRICS
 
@@ -75,42 +76,113 @@ def method_summary(rows: list[dict]) -> dict:
     return entry
 
 
-def summarise(result: EvalResult, *, model_info: dict, input_uri: str, metric_status: dict,
-              baseline_info: dict, fid_status: dict) -> dict:
+def methods_summary(rows: list[dict], fid: dict[str, dict] | None = None) -> dict:
+    """Per method, the stats of one rate's rows (:func:`method_summary`); for each baseline also our
+    point on the images it met the budget for; ``fid``: method -> FID/KID entry."""
     by_method: dict[str, list[dict]] = defaultdict(list)
-    for row in result.rows:
+    for row in rows:
         by_method[row["method"]].append(row)
-    ours_rows = by_method.get(OURS, [])
-    failures = [{"key": r["key"], "source": r["source"], "status": r["status"], "error": r["error"]}
-                for r in ours_rows if r["status"] != "ok"]
-    methods = {}
-    for method, rows in by_method.items():
-        methods[method] = method_summary(rows)
-    ours_by_key = {r["key"]: r for r in ours_rows if r["status"] == "ok"}
-    for method, rows in by_method.items():
+    methods = {method: method_summary(method_rows) for method, method_rows in by_method.items()}
+    ours_by_key = {r["key"]: r for r in by_method.get(OURS, []) if r["status"] == "ok"}
+    for method, method_rows in by_method.items():
         if method == OURS:
             continue
         # our model on exactly the images this baseline met the budget for: the like-for-like point
-        same = [ours_by_key[r["key"]] for r in rows if r["status"] == "ok" and r["key"] in ours_by_key]
+        same = [ours_by_key[r["key"]] for r in method_rows if r["status"] == "ok" and r["key"] in ours_by_key]
         methods[method]["ours_on_same_images"] = method_summary(same)["rd_point"] if same else None
-    if result.fid is not None:
-        for method, entry in result.fid.items():
-            methods.setdefault(method, {})["fid"] = entry
-    return {
+    for method, entry in (fid or {}).items():
+        methods.setdefault(method, {})["fid"] = entry
+    return methods
+
+
+def rate_sections(summary: dict) -> dict[int, dict]:
+    """Rate id -> ``{"n_evaluated", "methods"}`` of a summary of one rate (``model.rate_id``) or of several."""
+    if "rates" in summary:
+        return {int(rate): section for rate, section in summary["rates"].items()}
+    return {summary["model"].get("rate_id"): {"n_evaluated": summary["n_evaluated"], "methods": summary["methods"]}}
+
+
+def curves(sections: dict[int, dict]) -> dict[str, list[dict]]:
+    """Method -> its mean point (``rd_point`` plus ``rate_id``) at each rate it has images for."""
+    out: dict[str, list[dict]] = {}
+    for rate, section in sorted(sections.items()):
+        for method, entry in section["methods"].items():
+            if entry.get("n_ok"):
+                out.setdefault(method, []).append({"rate_id": rate, **entry["rd_point"]})
+    return out
+
+
+def bd_rates(sections: dict[int, dict]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """BD-rate of ours against each baseline on each of :data:`bd_rate.METRICS`, and why any is None.
+
+    Each baseline's point at a rate is compared with ours on the same images (``ours_on_same_images``),
+    so a baseline that missed the budget for some images is not set against our mean over others.
+    """
+    values: dict[str, dict] = {}
+    reasons: dict[str, dict] = {}
+    baselines = dict.fromkeys(m for section in sections.values() for m in section["methods"] if m != OURS)
+    for baseline in baselines:
+        pairs = []  # (the baseline's point, ours on the same images) at each rate it has images for
+        for section in sections.values():
+            entry = section["methods"].get(baseline, {})
+            if entry.get("n_ok"):
+                pairs.append((entry["rd_point"], entry["ours_on_same_images"]))
+        values[baseline] = {}
+        for metric in bd_rate.METRICS:
+            found = bd_rate.bd_rate([_point(theirs, metric) for theirs, _ in pairs],
+                                    [_point(ours, metric) for _, ours in pairs], anchor_name=baseline, test_name=OURS)
+            values[baseline][metric] = found.percent
+            if found.percent is None:
+                reasons.setdefault(baseline, {})[metric] = found.reason
+    return values, reasons
+
+
+def _point(rd_point: dict, metric: str) -> tuple[float, float]:
+    """(bpp, metric) of an ``rd_point``, NaN for a metric it lacks."""
+    quality = rd_point.get(metric)
+    return float(rd_point["bpp"]), math.nan if quality is None else float(quality)
+
+
+def summarise(result: EvalResult, *, model_info: dict, input_uri: str, metric_status: dict,
+              baseline_info: dict, fid_status: dict) -> dict:
+    """summary.json. With one rate its per-method stats are under ``methods`` (and ``model_info``
+    names the rate); with several, the ``rate_ids``, each rate's stats under ``rates[<id>]``, the RD
+    ``curves`` and the ``bd_rate`` of ours against each baseline."""
+    rate_ids = result.rate_ids
+    ours_rows = [r for r in result.rows if r["method"] == OURS]
+    failures = [{"key": r["key"], "source": r["source"], "rate_id": r["rate_id"], "status": r["status"],
+                 "error": r["error"]} for r in ours_rows if r["status"] != "ok"]
+    fid: dict[int, dict[str, dict]] = defaultdict(dict)
+    for (rate, method), entry in (result.fid or {}).items():
+        fid[rate][method] = entry
+    summary = {
         "schema": SCHEMA,
         "input": input_uri,
         "model": model_info,
-        "n_images": len(ours_rows),
-        "n_evaluated": len(ours_by_key),
-        "n_failed": len(failures),
+        "n_images": len({r["key"] for r in ours_rows}),
+        "n_evaluated": len({r["key"] for r in ours_rows if r["status"] == "ok"}),
+        "n_failed": len({f["key"] for f in failures}),
         "failures": failures,
         "metrics": metric_status,
         "fid": fid_status,
         "baselines": {**baseline_info, "skipped": result.skipped_baselines},
-        "methods": methods,
-        "reference_points": {"source": SOURCE, "points": PAPER_POINTS},
-        "protocol": PROTOCOL,
     }
+    if len(rate_ids) > 1:
+        summary["rate_ids"] = list(rate_ids)
+        sections = {}
+        for rate in rate_ids:
+            rows = [r for r in result.rows if r["rate_id"] == rate]
+            sections[rate] = {"n_evaluated": sum(1 for r in rows if r["method"] == OURS and r["status"] == "ok"),
+                              "methods": methods_summary(rows, fid.get(rate))}
+        summary["rates"] = {str(rate): section for rate, section in sections.items()}
+        summary["curves"] = curves(sections)
+        summary["bd_rate"], summary["bd_rate_reasons"] = bd_rates(sections)
+    else:
+        summary["methods"] = methods_summary(result.rows, fid.get(rate_ids[0]) if rate_ids else None)
+    summary["reference_points"] = {"source": SOURCE, "points": PAPER_POINTS, "curve_source": CURVE_SOURCE,
+                                   "curve_label": PAPER_CURVE_LABEL, "curve": PAPER_CURVE}
+    summary["protocol"] = {**PROTOCOL, "bd_rate": bd_rate.DESCRIPTION} if len(rate_ids) > 1 else PROTOCOL
+    return summary
 
 
 def json_safe(value):

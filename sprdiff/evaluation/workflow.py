@@ -9,7 +9,7 @@ from sprdiff import bitstream
 from sprdiff.evaluation.fid import InceptionFeatures, PatchFID
 from sprdiff.evaluation.inputs import list_images
 from sprdiff.evaluation.report import write_outputs
-from sprdiff.evaluation.run import EvalOptions, evaluate
+from sprdiff.evaluation.run import EvalOptions, evaluate, rates_to_evaluate
 from sprdiff.evaluation.suite import MetricSuite
 from sprdiff.evaluation.summary import summarise
 
@@ -17,10 +17,15 @@ FID_SKIPPED = ("skipped: no --fid-weights given (FID/KID need torch-fidelity's I
                "weights-inception-2015-12-05-6726825d.pth, from a local file; nothing is downloaded)")
 
 
-def model_info(model, name: str) -> dict:
-    return {"name": name, "model_id": model.model_id, "fingerprint": model.fingerprint,
-            "rate_id": model.config.rate_id, "timestep": model.config.timestep,
-            "format_version": bitstream.FORMAT_VERSION}
+def model_info(model, name: str, rates: tuple[int, ...]) -> dict:
+    """The model evaluated at ``rates``. With one rate, ``rate_id`` is the rate of every record of the
+    run (with several, the summary's ``rate_ids`` lists them); ``model_rates`` and ``model_default_rate``
+    are what the model has."""
+    info = {"name": name, "model_id": model.model_id, "fingerprint": model.fingerprint}
+    if len(rates) == 1:
+        info["rate_id"] = rates[0]
+    return {**info, "timestep": model.config.timestep, "format_version": bitstream.FORMAT_VERSION,
+            "model_rates": list(model.rate_ids), "model_default_rate": model.config.rate_id}
 
 
 def run_evaluation(model, *, model_name: str, input_uri: str, output_dir: str | Path,
@@ -30,10 +35,11 @@ def run_evaluation(model, *, model_name: str, input_uri: str, output_dir: str | 
                    log: Callable[[str], None] | None = None) -> tuple[dict, dict[str, Path]]:
     """Evaluate ``model`` on the images at ``input_uri`` and write the report files to ``output_dir``.
 
-    Weights files are loaded before any image is touched, so a wrong path fails in seconds.
-    Returns the summary dict and the paths written.
+    Rates the model lacks are refused and weights files are loaded before any image is touched, so a
+    wrong rate or path fails in seconds. Returns the summary dict and the paths written.
     """
     options = options or EvalOptions()
+    rates = rates_to_evaluate(model.config, options.rates)
     say = log or (lambda _line: None)
     sources = list_images(input_uri, limit=limit)
     suite = MetricSuite.from_paths(lpips_weights, dists_weights, device=device)
@@ -47,11 +53,12 @@ def run_evaluation(model, *, model_name: str, input_uri: str, output_dir: str | 
     else:
         fid_status = {"status": "skipped", "reason": FID_SKIPPED, "patch": patch}
         say(f"FID/KID: {FID_SKIPPED}")
-    say(f"evaluating {len(sources)} image(s) from {input_uri}")
+    at_rates = f" at rates {', '.join(map(str, rates))}" if len(rates) > 1 else ""
+    say(f"evaluating {len(sources)} image(s) from {input_uri}{at_rates}")
     result = evaluate(model, sources, suite, options, fid=fid, log=say)
     for name, reason in result.skipped_baselines.items():
         say(f"baseline {name}: skipped: {reason}")
-    summary = summarise(result, model_info=model_info(model, model_name), input_uri=input_uri,
+    summary = summarise(result, model_info=model_info(model, model_name, rates), input_uri=input_uri,
                         metric_status=suite.status(), fid_status=fid_status,
                         baseline_info={"requested": list(options.baselines), "scales": list(options.scales),
                                        "selection": "best PSNR among settings within our record's bytes"})

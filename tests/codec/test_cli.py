@@ -114,3 +114,43 @@ def test_tile_size_and_precision_reach_the_codec(tmp_path, sample_images, tiny_m
     assert np.array_equal(got, tiny_model.decompress([record], tile_size=128)[0])
     r = run("encode", str(tmp_path / "big.png"), "-o", str(tmp_path / "bad"), "--tile-size", "100")
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "multiple of 64" in r.stderr
+
+
+def test_encode_at_a_rate_or_a_budget_and_info_lists_the_rates(images, tmp_path, rate_points_model_dir):
+    model = str(rate_points_model_dir)
+    coffee = str(images / "coffee.png")
+    sizes = {}
+    for rate in ("0", "2"):
+        r = run("encode", coffee, "-o", str(tmp_path / rate), "--model", model, "--rate", rate)
+        assert r.returncode == 0, r.stderr
+        assert f", rate {rate}, " in r.stdout
+        sizes[rate] = (tmp_path / rate / "coffee.sprd").stat().st_size
+        assert json.loads(run("info", str(tmp_path / rate / "coffee.sprd")).stdout)["rate_id"] == int(rate)
+    assert sizes["0"] < sizes["2"]
+    info = json.loads(run("info", str(tmp_path / "2" / "coffee.sprd"), "--model", model).stdout)
+    assert (info["model_rates"], info["model_default_rate"], info["verified"]) == ([0, 1, 2], 1, True)
+
+    (tmp_path / "0" / "coffee.sprd").rename(tmp_path / "2" / "coffee-rate0.sprd")
+    r = run("decode", str(tmp_path / "2" / "coffee-rate0.sprd"), str(tmp_path / "2" / "coffee.sprd"), "--model", model,
+            "-o", str(tmp_path / "dec"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == ["coffee-rate0.png", "coffee.png"]
+
+    budget = 8 * sizes["2"] / (120 * 80)  # rate 2's record fits exactly
+    r = run("encode", coffee, "-o", str(tmp_path / "budget"), "--model", model, "--target-bpp", str(budget))
+    assert r.returncode == 0 and ", rate 2, " in r.stdout and "warning" not in r.stdout, r.stdout + r.stderr
+    r = run("encode", coffee, "-o", str(tmp_path / "tiny-budget"), "--model", model, "--target-bpp", "0.0001")
+    assert r.returncode == 0 and ", rate 0, " in r.stdout and "warning: no rate fits 0.0001 bpp" in r.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--rate", "3"], "has no rate 3: it codes at rates 0, 1, 2"),
+    (["--target-bpp", "-0.02"], "positive number of bits per pixel, got -0.02"),
+    (["--target-bpp", "nan"], "positive number"),
+])
+def test_encode_refuses_a_rate_or_budget_before_reading_images(tmp_path, rate_points_model_dir, flags, message):
+    r = run("encode", str(tmp_path / "missing.png"), "-o", str(tmp_path / "out"), "--model",
+            str(rate_points_model_dir), *flags)
+    assert r.returncode != 0
+    assert message in r.stderr
+    assert "missing.png" not in r.stderr  # refused before any image was read

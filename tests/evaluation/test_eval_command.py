@@ -131,6 +131,14 @@ def test_summary_means_and_pairs_match_the_csv(run):
     assert summary["reference_points"]["points"]["SPRDiff (paper)"]["bpp"] == 0.0285
 
 
+def test_one_rate_keeps_the_one_rate_summary(run):
+    summary = run["summary"]
+    assert summary["model"]["rate_id"] == 0 and summary["model"]["model_rates"] == [0]
+    assert "methods" in summary and not {"rates", "rate_ids", "curves", "bd_rate"} & set(summary)
+    assert {r["rate_id"] for r in run["rows"] if r["key"] != "broken.png"} == {"0"}
+    assert [r["rate_id"] for r in run["rows"] if r["key"] == "broken.png"] == [""]  # never coded: no rate
+
+
 def test_plot_and_html_are_well_formed(run):
     with Image.open(run["out"] / "rd.png") as img:
         assert img.format == "PNG" and img.width > 400 and img.height > 200

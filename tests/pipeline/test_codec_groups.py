@@ -137,10 +137,10 @@ def test_encode_actor_and_decode_actor_run_groups(small_images, tiny_model, monk
     batch = {"key": np.array(["a", "b", "c", "z"], dtype=object), "status": np.array(["ok"] * n + ["empty"], object),
              "error": np.array([""] * (n + 1), object), "pixels": pixels, "_shard": np.zeros(n + 1, np.int64),
              "_item": np.arange(n + 1), "_group": np.array([0, 0, 0, NO_GROUP])}
-    calls = []  # images per compress call (on CPU a batch gives the same bytes, so count the calls)
-    compress = tiny_model.compress
-    monkeypatch.setattr(tiny_model, "compress",
-                        lambda images, **kw: calls.append(len(images)) or compress(images, **kw))
+    calls = []  # images per encode call (on CPU a batch gives the same bytes, so count the calls)
+    encode = tiny_model.encode
+    monkeypatch.setattr(tiny_model, "encode",
+                        lambda images, settings=None: calls.append(len(images)) or encode(images, settings))
     out = EncodeImages(tiny_model, colour_correction=False, codec=CodecRuntime(batch_size=3))(batch)
     monkeypatch.undo()
     assert calls == [3]

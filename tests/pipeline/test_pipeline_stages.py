@@ -153,11 +153,14 @@ def test_local_encode_job_archive_contract(photo_folder, tmp_path, small_images,
         assert r["model_fingerprint"] == tiny_model.fingerprint and r["error"] is None
         # the tiny model's colours are far off: every record carries a map, some an offset grid too
         assert r["format_version"] == read_header(record)[0].version >= 2
+        assert r["rate_id"] == tiny_model.config.rate_id and r["warning"] is None  # its one rate, no budget
     for key in ("zero", "cut", "text", "big"):
         assert rows[key]["record"] is None and rows[key]["error"]
+        assert rows[key]["rate_id"] is None and rows[key]["warning"] is None
     assert rows["zero"]["source_bytes"] == 0 and rows["big"]["width"] is None
     assert stats["counts"] == {"ok": 5, "empty": 1, "not_image": 1, "too_large": 1, "truncated": 1}
     assert stats["rows"] == 9 and stats["bytes_out"] == sum(r["num_bytes"] or 0 for r in rows.values())
+    assert stats["rate_counts"] == {str(tiny_model.config.rate_id): 5} and stats["budget_warnings"] == 0
     assert json.loads((out / "_stats.json").read_text())["counts"] == stats["counts"]
     # readable with no project code
     glob = str(out / "*.parquet")
@@ -209,6 +212,9 @@ def test_local_encode_job_resumes_and_refuses_other_settings(photo_folder, tmp_p
                        local_runner.stream_encode, log=lambda _: None)
     with pytest.raises(ValueError, match="other settings.*colour_correction"):
         encode_local(photo_folder, out, colour_correction=False)
+    for settings, name in (({"rate": 0}, "rate"), ({"target_bpp": 0.5}, "target_bpp")):  # the rate point: bytes too
+        with pytest.raises(ValueError, match=f"other settings.*{name}"):
+            encode_local(photo_folder, out, **settings)
     for compute, name in ((ComputeConfig(precision="bf16"), "precision"), (ComputeConfig(tile_size=1024), "tile_size"),
                           (ComputeConfig(batch_size=4), "batch_size")):  # settings that change bytes
         with pytest.raises(ValueError, match=f"other settings.*{name}"):
