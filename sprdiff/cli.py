@@ -19,6 +19,7 @@ from sprdiff import bitstream
 from sprdiff.errors import SPRDiffError
 from sprdiff.images import DEFAULT_MAX_PIXELS, encode_png, load_image
 from sprdiff.rates import budget_warning, check_rate, check_target_bpp
+from sprdiff.presets import SHIPPED_MODELS
 from sprdiff.run_settings import DEFAULT_TILE_SIZE, PRECISIONS, check_tile_size
 
 DEFAULT_MODEL = "demo"  # the shipped trained model (sprdiff/pretrained/demo)
@@ -165,7 +166,7 @@ class RecordModels:
     """The weights for each record of ``sprdiff decode``: the one ``--model``, or else found from the
     record itself among the models in ``--model-store`` places and the shipped ones."""
 
-    FALLBACK = ("demo", "tiny")
+    FALLBACK = (*SHIPPED_MODELS, "tiny")
 
     def __init__(self, args: argparse.Namespace):
         from sprdiff.model_store import ModelCache

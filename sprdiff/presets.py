@@ -3,8 +3,9 @@
 * ``tiny``: every component at toy width, random-initialised from a fixed seed (tests, CI).
 * ``demo-init``: the full architecture at a width that trains on two CPU cores, random-initialised
   from a fixed seed: where ``jobs/configs/demo.sh`` starts (``sprdiff train --stage 0``).
-* ``demo``: that architecture after our own training (stages 0, 1, 2 on ``shared/data/photos``),
-  shipped as a model directory inside the package (:data:`SHIPPED_MODELS`).
+* ``demo``: that architecture after our own training (stages 0, 1, 2 on ``shared/data/photos``, then
+  three rate points), shipped as a model directory inside the package (:data:`SHIPPED_MODELS`);
+  ``demo-2026-12-03``: the one-rate demo it replaced, kept so that its records still decode.
 * ``sd-turbo``: the paper's sizes; pretrained components come from the sources in its
   config (hub ids by default; point them at local dirs or ``s3://`` copies with
   :func:`sd_turbo_config`). Its architecture configs live in ``presets/sd_turbo.json`` so
@@ -122,5 +123,9 @@ def sd_turbo_config(vae_source: str = "stabilityai/sd-turbo#vae", unet_source: s
 PRESETS = {"tiny": tiny_config, "demo-init": demo_init_config, "sd-turbo": sd_turbo_config}
 
 # Trained models that ship inside the package: name -> model directory (config.json + model.safetensors).
-SHIPPED_MODELS = {"demo": Path(__file__).parent / "pretrained" / "demo"}
-RETRAIN_HINT = {"demo": "bash jobs/configs/demo.sh"}
+# "demo-2026-12-03" is the one-rate demo that shipped before the rate points (its records, written by
+# `sprdiff encode` with the default model until then, keep decoding without a --model-store).
+SHIPPED_MODELS = {"demo": Path(__file__).parent / "pretrained" / "demo",
+                  "demo-2026-12-03": Path(__file__).parent / "pretrained" / "demo-2026-12-03"}
+RETRAIN_HINT = {"demo": "bash jobs/configs/demo.sh",
+                "demo-2026-12-03": "bash jobs/configs/demo.sh (its ninth stage-2 run, stage2-haarpsi-rate12)"}

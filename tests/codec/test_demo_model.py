@@ -23,10 +23,16 @@ def demo_model() -> SPRDiff:
 
 def test_weights_fit_the_budget_and_match_the_preset_architecture(demo_model):
     assert (SHIPPED_MODELS["demo"] / WEIGHTS_NAME).stat().st_size <= MAX_WEIGHTS_BYTES
-    untrained = SPRDiff.from_config(demo_init_config())
+    untrained = SPRDiff.from_config(demo_init_config().replace(rates=3, rate_id=1))
     shapes = {k: v.shape for k, v in untrained.state_dict().items() if "_quantized_cdf" not in k}
     assert {k: v.shape for k, v in demo_model.state_dict().items() if "_quantized_cdf" not in k} == shapes
     assert demo_model.fingerprint != untrained.fingerprint
+
+
+def test_it_has_three_rate_points_with_the_middle_one_by_default(demo_model):
+    assert (demo_model.rate_ids, demo_model.config.rate_id) == ((0, 1, 2), 1)
+    gains = demo_model.rate_gains.log_gain.detach().exp().mean(1)
+    assert gains[0] < gains[1] < gains[2]
 
 
 def test_a_photo_it_never_saw_is_recognisable_below_003_bpp(demo_model):

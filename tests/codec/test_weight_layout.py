@@ -15,6 +15,8 @@ from sprdiff.model_store import directory_fingerprint
 from sprdiff.presets import SHIPPED_MODELS
 from sprdiff.weight_layout import SHARED_TABLES_KEY
 
+OLD_DEMO = "demo-2026-12-03"  # the demo shipped before rate points, saved before tables were stored once
+
 
 def stored(path):
     with safe_open(str(path / WEIGHTS_NAME), framework="pt") as f:
@@ -64,12 +66,13 @@ def test_a_model_saved_with_every_table_loads_with_its_fingerprint_and_codes_the
     assert np.array_equal(new.decompress([record])[0], old.decompress([record])[0])
 
 
-def test_the_shipped_demo_keeps_its_fingerprint_resaved_and_shrinks_by_its_copies(tmp_path):
-    demo = SPRDiff.from_pretrained("demo")
-    _, metadata = stored(SHIPPED_MODELS["demo"])
-    assert demo.fingerprint == metadata["fingerprint"] == directory_fingerprint(SHIPPED_MODELS["demo"])
+def test_the_old_shipped_demo_keeps_its_fingerprint_resaved_and_shrinks_by_its_copies(tmp_path):
+    demo = SPRDiff.from_pretrained(OLD_DEMO)  # saved in the old layout: every table stored
+    _, metadata = stored(SHIPPED_MODELS[OLD_DEMO])
+    assert SHARED_TABLES_KEY not in metadata
+    assert demo.fingerprint == metadata["fingerprint"] == directory_fingerprint(SHIPPED_MODELS[OLD_DEMO])
     demo.save_pretrained(tmp_path / "demo")
-    before = (SHIPPED_MODELS["demo"] / WEIGHTS_NAME).stat().st_size
+    before = (SHIPPED_MODELS[OLD_DEMO] / WEIGHTS_NAME).stat().st_size
     after = (tmp_path / "demo" / WEIGHTS_NAME).stat().st_size
     assert before - after > 3_000_000  # four of the five Gaussian tables (0.8 MB each)
     assert SPRDiff.from_pretrained(str(tmp_path / "demo")).fingerprint == demo.fingerprint
