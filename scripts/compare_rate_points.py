@@ -1,6 +1,6 @@
 """One model with rate points against separate one-rate models, at equal bytes, on a validation split.
 
-    compare_rate_points.py --validation SHARDS --joint MODEL --separate M0 M1 M2 [--output F.json]
+    compare_rate_points.py --validation SHARDS --joint MODEL --separate [R=]M ... [--output F.json]
 
 Every photo of the validation shards is coded whole (default settings: side channels on) by the
 joint model at each of its rates and by separate model r at its one rate; bpp comes from the bytes
@@ -48,16 +48,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--validation", required=True)
     parser.add_argument("--joint", required=True)
-    parser.add_argument("--separate", nargs="+", required=True, help="one model per rate id, in order")
+    parser.add_argument("--separate", nargs="+", required=True,
+                        help="one model per rate id, in order; or RATE=MODEL for some of the rates")
     parser.add_argument("--output")
     args = parser.parse_args()
     photos = validation_photos(args.validation)
     joint = SPRDiff.from_pretrained(args.joint)
-    if len(args.separate) != len(joint.rate_ids):
-        parser.error(f"the joint model has {len(joint.rate_ids)} rates, got {len(args.separate)} separate models")
+    if all("=" in s for s in args.separate):
+        separate = {int(s.split("=", 1)[0]): s.split("=", 1)[1] for s in args.separate}
+    elif len(args.separate) == len(joint.rate_ids):
+        separate = dict(zip(joint.rate_ids, args.separate))
+    else:
+        parser.error(f"the joint model has {len(joint.rate_ids)} rates: give as many models, or RATE=MODEL pairs")
+    if not set(separate) <= set(joint.rate_ids):
+        parser.error(f"the joint model's rates are {joint.rate_ids}, got {sorted(separate)}")
     curve = [{"rate": r, **scores(joint, photos, r)} for r in joint.rate_ids]
     rows = []
-    for rate, path in zip(joint.rate_ids, args.separate):
+    for rate, path in sorted(separate.items()):
         own = scores(SPRDiff.from_pretrained(path), photos, None)
         rows.append({"rate": rate, "model": path, **own,
                      "psnr_gain_db": own["psnr"] - read_curve(curve, own["bpp"], "psnr"),

@@ -18,8 +18,8 @@ import torch
 from sprdiff import bitstream
 from sprdiff.errors import SPRDiffError
 from sprdiff.images import DEFAULT_MAX_PIXELS, encode_png, load_image
-from sprdiff.rates import budget_warning, check_rate, check_target_bpp
 from sprdiff.presets import SHIPPED_MODELS
+from sprdiff.rates import budget_warning, check_rate, check_target_bpp
 from sprdiff.run_settings import DEFAULT_TILE_SIZE, PRECISIONS, check_tile_size
 
 DEFAULT_MODEL = "demo"  # the shipped trained model (sprdiff/pretrained/demo)
