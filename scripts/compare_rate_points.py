@@ -18,8 +18,8 @@ import json
 import numpy as np
 
 from pipeline.training.data import list_shards, read_samples, sample_pixels
+from pipeline.training.validation import validate
 from sprdiff import SPRDiff
-from sprdiff.evaluation.metrics import ms_ssim, psnr
 
 
 def validation_photos(uri: str) -> list[np.ndarray]:
@@ -28,11 +28,9 @@ def validation_photos(uri: str) -> list[np.ndarray]:
 
 
 def scores(model: SPRDiff, photos: list[np.ndarray], rate: int | None) -> dict[str, float]:
-    records = model.compress(photos, rate=rate)
-    decoded = model.decompress(records)
-    return {"bpp": float(np.mean([8 * len(r) / (p.shape[0] * p.shape[1]) for r, p in zip(records, photos)])),
-            "psnr": float(np.mean([psnr(p, d) for p, d in zip(photos, decoded)])),
-            "ms_ssim": float(np.mean([ms_ssim(p, d) for p, d in zip(photos, decoded)]))}
+    """Mean bpp, PSNR and MS-SSIM of real records: what training's validation measures."""
+    measured = validate(model, photos, rate)
+    return {name: measured[name] for name in ("bpp", "psnr", "ms_ssim")}
 
 
 def read_curve(curve: list[dict], bpp: float, metric: str) -> float:
