@@ -52,7 +52,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                              "that runs it, else fp32")
     parser.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE, metavar="PX",
                         help=f"images with a padded side above PX run on overlapping tiles, bounding memory (a "
-                             f"multiple of 64; 0: never; default {DEFAULT_TILE_SIZE}; 1024 keeps a 16 MP photo "
+                             f"multiple of 64; 0: never; default {DEFAULT_TILE_SIZE}, which keeps a 16 MP photo "
                              f"under 4 GiB with demo, docs/performance.md)")
 
 

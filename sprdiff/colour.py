@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sprdiff import bands
 from sprdiff.bitstream import COLOUR_MAP_LENGTH, MAX_COLOUR_VALUE
 
 COLOUR_MAP_SCALE = 128  # grid 1/128: a coefficient's rounding moves a pixel by at most 1/256 of full scale
@@ -27,15 +28,19 @@ _IDENTITY = np.concatenate([np.eye(3), np.zeros((3, 1))], axis=1)  # (3, 4): out
 def fit_colour_map(decoded: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     """The affine map(s) ``[W | b]`` ``(..., 3, 4)`` (float64) that take ``decoded``'s RGB closest to
     ``original``'s in the least-squares sense; both ``(..., 3, H, W)`` in [0, 1] on one device, the
-    fit runs there. Normal equations (a 4x4 system per image) solved through a pseudo-inverse, so a
-    flat image (a singular system) gets the smallest map that fits it instead of an error."""
+    fit runs there. Normal equations (a 4x4 system per image, gathered band by band: ``sprdiff.bands``)
+    solved through a pseudo-inverse, so a flat image (a singular system) gets the smallest map that
+    fits it instead of an error."""
     if decoded.shape != original.shape or decoded.dim() < 3 or decoded.shape[-3] != 3:
         raise ValueError(f"fit_colour_map needs two (..., 3, H, W) images of one size, got {tuple(decoded.shape)} "
                          f"and {tuple(original.shape)}")
-    pixels = decoded.double().flatten(-2)  # (..., 3, N)
-    design = torch.cat([pixels, torch.ones_like(pixels[..., :1, :])], dim=-2)  # (..., 4, N)
-    gram = design @ design.transpose(-1, -2)  # (..., 4, 4)
-    rhs = design @ original.double().flatten(-2).transpose(-1, -2)  # (..., 4, 3)
+    gram = rhs = None
+    for _, (decoded_rows, original_rows) in bands.bands_of(decoded, original):  # bounded float64 work
+        pixels = decoded_rows.flatten(-2)  # (..., 3, n)
+        design = torch.cat([pixels, torch.ones_like(pixels[..., :1, :])], dim=-2)  # (..., 4, n)
+        band_gram = design @ design.transpose(-1, -2)  # (..., 4, 4)
+        band_rhs = design @ original_rows.flatten(-2).transpose(-1, -2)  # (..., 4, 3)
+        gram, rhs = (band_gram, band_rhs) if gram is None else (gram + band_gram, rhs + band_rhs)
     return (torch.linalg.pinv(gram, rtol=1e-12, hermitian=True) @ rhs).transpose(-1, -2)
 
 
@@ -59,8 +64,7 @@ def apply_colour_map(x: torch.Tensor, colour_map: np.ndarray) -> torch.Tensor:
     return (torch.einsum("oc,...chw->...ohw", m[:, :3], x) + m[:, 3, None, None]).clamp(0, 1)
 
 
-def candidate_maps(decoded: torch.Tensor, original: torch.Tensor) -> list[tuple[tuple[int, ...], torch.Tensor]]:
-    """The map worth weighing for ``decoded`` (3, H, W) against ``original`` (float64 in [0, 1]):
-    ``[(the record's 12 integers, what the decoder will have with them)]``."""
-    values = quantize_colour_map(fit_colour_map(decoded, original))
-    return [(values, apply_colour_map(decoded, dequantize_colour_map(values)))]
+def candidate_maps(decoded: torch.Tensor, original: torch.Tensor) -> list[tuple[int, ...]]:
+    """The maps worth weighing for ``decoded`` (3, H, W) against ``original`` (in [0, 1], fitted in
+    float64): the record's 12 integers of each."""
+    return [quantize_colour_map(fit_colour_map(decoded, original))]

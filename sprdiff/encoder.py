@@ -124,6 +124,7 @@ def encode(model, images: Sequence[np.ndarray], settings: EncodeSettings | None 
         x = torch.cat([pad(images[i], multiple, model.device) for i in chunk])
         with autocast(settings.precision, model.device):
             y = model.analysis(x, settings.tile_size).float()  # the entropy coder takes float32 (exact parameters)
+        del x  # a whole-image float buffer: not held through synthesis and the fits (peak memory of large photos)
         headers = [RecordHeader(width=images[i].shape[1], height=images[i].shape[0], timestep=model.config.timestep,
                                 rate_id=rate, fingerprint_tag=0) for i in chunk]
         budgets = [None if target_bpp is None else rates.budget_bytes(target_bpp, h.width, h.height) for h in headers]

@@ -21,7 +21,7 @@ one whose PSNR gain best pays for its bytes, or none.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from compressai.entropy_models import GaussianConditional
 
+from sprdiff import bands
 from sprdiff.bitstream import GRID_SCALE_INDEXES, MAX_GRID_SIDE, CodedOffsetGrid
 
 OFFSET_STEP_INVERSE = 64  # offsets on a grid of 1/64 of full scale (4 of 255 levels)
@@ -92,29 +93,65 @@ def _operators(size: int, nodes: int, device: str) -> tuple[torch.Tensor, torch.
     return matrix, torch.linalg.pinv(matrix)
 
 
+class ResidualProjections:
+    """What the grid fits need from a residual r (..., 3, H, W) = original - decoded: Σr² and, for
+    each grid row count, R⁺r and Rᵀr (..., 3, rows, W), with R the rows' interpolation matrix.
+    Gathered band by band (``sprdiff.bands``), so no whole-image float64 residual is ever held;
+    every grid shape's fit and error then take only these small arrays."""
+
+    def __init__(self, original: torch.Tensor, decoded: torch.Tensor | None, row_counts: Iterable[int]):
+        """``decoded`` None: ``original`` is the residual itself."""
+        self.height, self.width = original.shape[-2:]
+        self.numel = original.numel()
+        self.device = str(original.device)
+        self.square_sum: torch.Tensor | None = None
+        self._pinv_r: dict[int, torch.Tensor] = {}
+        self._transpose_r: dict[int, torch.Tensor] = {}
+        images = (original,) if decoded is None else (original, decoded)
+        for band, rows in bands.bands_of(*images):
+            residual = rows[0] if decoded is None else rows[0] - rows[1]
+            self.square_sum = _add(self.square_sum, residual.square().sum())
+            for count in set(row_counts):
+                matrix, pinv = _operators(self.height, count, self.device)
+                self._pinv_r[count] = _add(self._pinv_r.get(count), pinv[:, band] @ residual)
+                self._transpose_r[count] = _add(self._transpose_r.get(count), matrix[band].T @ residual)
+
+    def fit(self, rows: int, cols: int) -> torch.Tensor:
+        """The grid(s) ``(..., 3, rows, cols)`` whose upsampling is closest to the residual in the
+        least-squares sense. Bilinear upsampling is separable, so the fit is two small
+        pseudo-inverses, shared by every image and channel."""
+        _, cols_pinv = _operators(self.width, cols, self.device)
+        return self._pinv_r[rows] @ cols_pinv.T
+
+    def error_after(self, values: torch.Tensor) -> float:
+        """Mean square of the residual (3, H, W) minus the grid ``values``' upsampled offsets, without
+        upsampling: with U = R g Cᵀ, |r - U|² = |r|² - 2<RᵀrC, g> + <RᵀR g CᵀC, g>, all on the grid.
+        (The decoder also clips to [0, 1]; this ignores that, which only matters where offsets push
+        pixels past black or white.)"""
+        rows, cols = values.shape[-2:]
+        row_matrix, _ = _operators(self.height, rows, self.device)
+        col_matrix, _ = _operators(self.width, cols, self.device)
+        g = values.to(torch.float64) / OFFSET_STEP_INVERSE
+        projected = self._transpose_r[rows] @ col_matrix  # (3, rows, cols)
+        energy = (row_matrix.T @ row_matrix) @ g @ (col_matrix.T @ col_matrix)
+        total = self.square_sum - 2 * (projected * g).sum() + (energy * g).sum()
+        return float(total) / self.numel
+
+
+def _add(total: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:
+    return part if total is None else total + part
+
+
 def fit_offsets(residual: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """The grid(s) ``(..., 3, rows, cols)`` whose upsampling is closest to ``residual``
-    ``(..., 3, H, W)`` in the least-squares sense, on the residual's device. Bilinear upsampling is
-    separable, so the fit is two small pseudo-inverses, shared by every image and channel."""
-    residual = residual.double()
-    _, rows_pinv = _operators(residual.shape[-2], rows, str(residual.device))
-    _, cols_pinv = _operators(residual.shape[-1], cols, str(residual.device))
-    return rows_pinv @ residual @ cols_pinv.T
+    """The grid(s) ``(..., 3, rows, cols)`` closest to ``residual`` ``(..., 3, H, W)`` (least squares),
+    on the residual's device: :meth:`ResidualProjections.fit`."""
+    return ResidualProjections(residual, None, [rows]).fit(rows, cols)
 
 
 def residual_after(residual: torch.Tensor, values: torch.Tensor) -> float:
-    """Mean square of ``residual`` (3, H, W) minus the grid ``values``' upsampled offsets, without
-    upsampling: with U = R g Cᵀ, |r - U|² = |r|² - 2<RᵀrC, g> + <RᵀR g CᵀC, g>, all on the grid.
-    (The decoder also clips to [0, 1]; this ignores that, which only matters where offsets push
-    pixels past black or white.)"""
-    rows, cols = values.shape[-2:]
-    row_matrix, _ = _operators(residual.shape[-2], rows, str(residual.device))
-    col_matrix, _ = _operators(residual.shape[-1], cols, str(residual.device))
-    g = values.to(torch.float64) / OFFSET_STEP_INVERSE
-    projected = row_matrix.T @ residual @ col_matrix  # (3, rows, cols)
-    energy = (row_matrix.T @ row_matrix) @ g @ (col_matrix.T @ col_matrix)
-    total = residual.square().sum() - 2 * (projected * g).sum() + (energy * g).sum()
-    return float(total) / residual.numel()
+    """Mean square of ``residual`` (3, H, W) minus the grid ``values``' upsampled offsets:
+    :meth:`ResidualProjections.error_after`."""
+    return ResidualProjections(residual, None, [values.shape[-2]]).error_after(values)
 
 
 def encode_values(values: np.ndarray | torch.Tensor) -> CodedOffsetGrid:
@@ -152,22 +189,27 @@ def apply_offsets(x: torch.Tensor, grid: CodedOffsetGrid) -> torch.Tensor:
 
 def candidate_grids(decoded: torch.Tensor, original: torch.Tensor
                     ) -> list[tuple[CodedOffsetGrid, float, Callable[[], torch.Tensor]]]:
-    """Every grid worth weighing for ``decoded`` (3, H, W) against ``original``, both float64 in
-    [0, 1] on one device, coarsest first: ``(grid, the mean square error left with it, a function
-    giving what the decoder will have with it)``. Only the chosen grid is ever upsampled."""
+    """Every grid worth weighing for ``decoded`` (3, H, W) against ``original``, both in [0, 1] on one
+    device (fitted in float64, band by band), coarsest first: ``(grid, the mean square error left
+    with it, a function giving what the decoder will have with it, float64)``. Only the chosen
+    grid is ever upsampled."""
     height, width = decoded.shape[-2:]
-    residual = original - decoded
-    out = []
+    shapes = []
     for cells in CELLS_ALONG_SHORT_SIDE:
         shape = grid_shape(height, width, cells)
         if shape is None:
             break
-        values = torch.round(fit_offsets(residual, *shape) * OFFSET_STEP_INVERSE).to(torch.int64)
+        shapes.append(shape)
+    projections = ResidualProjections(original, decoded, [rows for rows, _ in shapes])
+    out = []
+    for shape in shapes:
+        values = torch.round(projections.fit(*shape) * OFFSET_STEP_INVERSE).to(torch.int64)
         if not bool(values.any()):
             continue
 
         def corrected(values=values) -> torch.Tensor:
-            return (decoded + offset_image(values, height, width, like=decoded)).clamp(0, 1)
+            float64 = torch.empty(0, dtype=torch.float64, device=decoded.device)
+            return offset_image(values, height, width, like=float64).add_(decoded).clamp_(0, 1)
 
-        out.append((encode_values(values), residual_after(residual, values), corrected))
+        out.append((encode_values(values), projections.error_after(values), corrected))
     return out

@@ -8,11 +8,13 @@ format's own size rule). One keep-or-drop rule, :func:`net_gain_db`, applied in 
 candidate if its PSNR gain pays for its bytes, each fitted to what the previous ones left.
 
 Fits run in torch on the device of the images they get (the codec actor's GPU when there is
-one), in float64; the decoder's ``apply`` runs on x̂ in its own dtype.
+one), in float64 a band of rows at a time (``sprdiff.bands``: a 16 MP photo holds no whole-image
+float64 temporaries); the decoder's ``apply`` runs on x̂ in its own dtype.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -20,7 +22,7 @@ from typing import Any, Protocol
 
 import torch
 
-from sprdiff import bitstream, colour, offset_grid
+from sprdiff import bands, bitstream, colour, offset_grid
 from sprdiff.bitstream import RecordHeader
 
 # A side channel is sent only if its PSNR gain is worth its bytes: at least this many dB per
@@ -47,14 +49,16 @@ class Candidate:
     value: Any  # what the record's field would hold
     mse: float  # the mean square error against the original that is left with it
     corrected: Callable[[], torch.Tensor]  # (3, H, W) float64: the decoder's image with it, before rounding
+    # (made only for the chosen candidate)
 
 
 class SideChannel(Protocol):
     field: str  # the RecordHeader field (bitstream.FIELDS) it fills
 
     def fit(self, decoded: torch.Tensor, original: torch.Tensor) -> list[Candidate]:
-        """Candidates for ``decoded`` (3, H, W) against ``original``, both float64 in [0, 1]; each
-        says the error it leaves, and makes its corrected image only when asked (the chosen one)."""
+        """Candidates for ``decoded`` (3, H, W) against ``original``, both in [0, 1] (any float dtype,
+        fitted in float64); each says the error it leaves, and makes its corrected image only when
+        asked (the chosen one)."""
 
     def apply(self, x: torch.Tensor, value: Any) -> torch.Tensor:
         """The decoder's step: x (3, H, W) in [0, 1] -> corrected, clipped to [0, 1]."""
@@ -72,7 +76,12 @@ class ColourMap:
     field = "colour_map"
 
     def fit(self, decoded: torch.Tensor, original: torch.Tensor) -> list[Candidate]:
-        return [Candidate(v, _mse(c, original), lambda c=c: c) for v, c in colour.candidate_maps(decoded, original)]
+        out = []
+        for values in colour.candidate_maps(decoded, original):
+            through = functools.partial(colour.apply_colour_map, colour_map=colour.dequantize_colour_map(values))
+            out.append(Candidate(values, bands.mean_square_error(decoded, original, through),
+                                 functools.partial(bands.mapped, decoded, through)))
+        return out
 
     def apply(self, x: torch.Tensor, value: tuple[int, ...]) -> torch.Tensor:
         return colour.apply_colour_map(x, colour.dequantize_colour_map(value))
@@ -93,19 +102,16 @@ class OffsetGrid:
 SIDE_CHANNELS: tuple[SideChannel, ...] = (ColourMap(), OffsetGrid())  # the order the decoder applies them in
 
 
-def _mse(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.mean((a - b) ** 2))
-
-
 def choose(decoded: torch.Tensor, original: torch.Tensor, header: RecordHeader, string_lengths: Sequence[int],
            channels: Sequence[SideChannel] = SIDE_CHANNELS, max_bytes: int | None = None
            ) -> tuple[RecordHeader, torch.Tensor]:
     """The header with every side channel that pays for its bytes, and the image the decoder will
-    then have. ``decoded``, ``original``: (3, H, W) in [0, 1] on one device (fitted in float64).
+    then have (float64, or ``decoded`` itself when nothing is sent). ``decoded``, ``original``: (3, H, W)
+    in [0, 1] on one device, any float dtype (fitted in float64).
     ``max_bytes``: a byte budget; candidates that would take the record above it are passed over."""
-    current, original = decoded.double(), original.double()
+    current = decoded
     for channel in channels:
-        before = _mse(current, original)
+        before = bands.mean_square_error(current, original)
         record_bytes = bitstream.record_length(header, string_lengths)
         best: tuple[float, Candidate] | None = None
         for candidate in channel.fit(current, original):

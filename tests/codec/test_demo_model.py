@@ -3,6 +3,8 @@ and really compresses a photo it never saw below 0.03 bpp into something recogni
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -16,9 +18,11 @@ MAX_WEIGHTS_BYTES = 20 * 10**6
 
 
 @pytest.fixture(scope="module")
-def demo_model() -> SPRDiff:
+def demo_model() -> Iterator[SPRDiff]:
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
-    return SPRDiff.from_pretrained("demo")
+    yield SPRDiff.from_pretrained("demo")
+    torch.set_num_threads(before)  # later tests compare pixels with subprocesses at the default count
 
 
 def test_weights_fit_the_budget_and_match_the_preset_architecture(demo_model):

@@ -192,12 +192,14 @@ def test_batched_records_decode_alone_in_another_process_and_match_single_encodi
     single = tiny_model.compress(images)
     batched = tiny_model.compress(images, batch_size=4)
     assert tiny_model.compress(images, batch_size=4) == batched  # a rerun reproduces the bytes
-    script = ("import sys, numpy as np; from sprdiff import SPRDiff; m = SPRDiff.from_pretrained('tiny'); "
-              "records = np.load(sys.argv[1], allow_pickle=True); "
+    # the same torch thread count as here: float reductions (hence the last bit of a pixel) follow it
+    script = ("import sys, numpy as np, torch; from sprdiff import SPRDiff; torch.set_num_threads(int(sys.argv[2])); "
+              "m = SPRDiff.from_pretrained('tiny'); records = np.load(sys.argv[1], allow_pickle=True); "
               "sys.stdout.buffer.write(b''.join(m.decompress([bytes(r)])[0].tobytes() for r in records))")
     path = Path(tempfile.mkdtemp()) / "records.npy"
     np.save(path, np.array(batched, dtype=object), allow_pickle=True)
-    out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", script, str(path), str(torch.get_num_threads())],
+                         capture_output=True, check=True).stdout
     here = tiny_model.decompress(batched, batch_size=4)
     assert out == b"".join(image.tobytes() for image in tiny_model.decompress(batched))
     for image, a, b, c in zip(images, tiny_model.decompress(single), tiny_model.decompress(batched), here):

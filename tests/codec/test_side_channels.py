@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from sprdiff import bitstream, side_channels
@@ -45,3 +46,25 @@ def test_choose_runs_the_channels_in_order_each_on_what_the_last_left(sample_ima
     mse = float(torch.mean((corrected - original) ** 2))
     assert mse < 0.25 * float(torch.mean((decoded - original) ** 2))
     assert choose(original, original, header, [3000])[0] == header  # nothing to gain: nothing sent
+
+
+def test_fits_band_by_band_match_the_whole_image_arithmetic(sample_images, monkeypatch):
+    """Large photos are fitted a band of rows at a time (bounded float64 memory); the choice, the
+    errors and the corrected image must not depend on the band height."""
+    from sprdiff import bands
+
+    image = np.ascontiguousarray(sample_images["astronaut"][:160, :224]).astype(np.float32) / 255
+    original = torch.from_numpy(image).permute(2, 0, 1)
+    y, x = torch.meshgrid(torch.linspace(0, 1, 160), torch.linspace(0, 1, 224), indexing="ij")
+    decoded = (0.85 * original + 0.04 - 0.06 * torch.exp(-((x - 0.6) ** 2 + (y - 0.3) ** 2) / 0.03)).clamp(0, 1)
+    header = RecordHeader(width=224, height=160, timestep=999, rate_id=0, fingerprint_tag=0)
+    whole_header, whole = choose(decoded, original, header, [3000])
+    assert len(bands.row_bands(160, 224)) == 1
+    monkeypatch.setattr(bands, "BAND_PIXELS", 224 * 7)  # 23 bands, the last one shorter
+    assert len(bands.row_bands(160, 224)) == 23
+    banded_header, banded = choose(decoded, original, header, [3000])
+    assert banded_header == whole_header and whole_header.colour_map is not None
+    assert whole_header.offset_grid is not None
+    torch.testing.assert_close(banded, whole, atol=1e-12, rtol=0)
+    assert bands.mean_square_error(decoded, original) == pytest.approx(
+        float(torch.mean((decoded.double() - original.double()) ** 2)), rel=1e-12)
