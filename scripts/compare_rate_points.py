@@ -8,6 +8,10 @@ written, PSNR and MS-SSIM from the decoded pixels. The joint model's curve (mean
 against mean bpp, piecewise linear in log bpp, extended linearly past its ends) is read at each
 separate model's bpp: the difference is what sharing one model costs at that rate (positive: the
 separate model is better). The issue's rule: separate models ship if that exceeds 0.2 dB.
+
+The same difference is also taken photo by photo (each photo's own joint curve read at that photo's
+bpp under the separate model) and printed as a mean with its standard error over the photos, so a
+gap can be told from the spread between photos.
 """
 
 from __future__ import annotations
@@ -31,6 +35,16 @@ def scores(model: SPRDiff, photos: list[np.ndarray], rate: int | None) -> dict[s
     """Mean bpp, PSNR and MS-SSIM of real records: what training's validation measures."""
     measured = validate(model, photos, rate)
     return {name: measured[name] for name in ("bpp", "psnr", "ms_ssim")}
+
+
+def per_photo_gaps(joint: SPRDiff, separate: SPRDiff, photos: list[np.ndarray], rate_ids) -> list[float]:
+    """Each photo's PSNR under the separate model less its own joint curve's at the same bpp."""
+    gaps = []
+    for photo in photos:
+        curve = [scores(joint, [photo], r) for r in rate_ids]
+        own = scores(separate, [photo], None)
+        gaps.append(own["psnr"] - read_curve(curve, own["bpp"], "psnr"))
+    return gaps
 
 
 def read_curve(curve: list[dict], bpp: float, metric: str) -> float:
@@ -63,10 +77,15 @@ def main() -> None:
     curve = [{"rate": r, **scores(joint, photos, r)} for r in joint.rate_ids]
     rows = []
     for rate, path in sorted(separate.items()):
-        own = scores(SPRDiff.from_pretrained(path), photos, None)
+        model = SPRDiff.from_pretrained(path)
+        own = scores(model, photos, None)
+        gaps = per_photo_gaps(joint, model, photos, joint.rate_ids)
+        stderr = float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else None
         rows.append({"rate": rate, "model": path, **own,
                      "psnr_gain_db": own["psnr"] - read_curve(curve, own["bpp"], "psnr"),
-                     "ms_ssim_gain": own["ms_ssim"] - read_curve(curve, own["bpp"], "ms_ssim")})
+                     "ms_ssim_gain": own["ms_ssim"] - read_curve(curve, own["bpp"], "ms_ssim"),
+                     "per_photo_gain_db": gaps, "per_photo_mean_db": float(np.mean(gaps)),
+                     "per_photo_stderr_db": stderr})
     print(f"{len(photos)} validation photos, whole")
     print(f"{'':<12}{'rate':>5}{'bpp':>9}{'PSNR':>8}{'MS-SSIM':>9}{'Δ PSNR at equal bytes':>24}")
     for point in curve:
@@ -74,6 +93,10 @@ def main() -> None:
     for row in rows:
         print(f"{'separate':<12}{row['rate']:>5}{row['bpp']:>9.4f}{row['psnr']:>8.2f}{row['ms_ssim']:>9.3f}"
               f"{row['psnr_gain_db']:>+22.2f} dB")
+    for row in rows:
+        spread = "" if row["per_photo_stderr_db"] is None else f" ± {row['per_photo_stderr_db']:.2f} (standard error)"
+        print(f"rate {row['rate']}: photo by photo {row['per_photo_mean_db']:+.2f} dB{spread}; per photo "
+              + ", ".join(f"{g:+.2f}" for g in row["per_photo_gain_db"]))
     worst = max(row["psnr_gain_db"] for row in rows)
     verdict = "separate models" if worst > 0.2 else "one shared model"
     print(f"largest loss of the shared model: {worst:+.2f} dB -> {verdict} (rule: separate above 0.2 dB)")
