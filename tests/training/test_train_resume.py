@@ -51,6 +51,9 @@ def work(tmp_path_factory) -> Path:
     make_shards(str(images), str(root / "shards"), crop=64, per_shard=3, threads=2, log=lambda _: None)
     (root / "config.json").write_text(json.dumps({
         "vgg_weights": "random", "discriminator": {"channels": 16}, "progress_every": 1,
+        # keep every checkpoint: the tests read the one the run resumed from, which the default (keep
+        # the last 3) deletes when the kill landed while a second one was being written (total = 8)
+        "checkpoints_to_keep": 100,
         "data": {"crop": 64, "batch_size": 1, "loader_workers": 1, "shuffle_buffer": 4, "sample_log": True}}))
     return root
 
