@@ -31,20 +31,17 @@ def validation_photos(uri: str) -> list[np.ndarray]:
     return [p for p in photos if p is not None]
 
 
-def scores(model: SPRDiff, photos: list[np.ndarray], rate: int | None) -> dict[str, float]:
-    """Mean bpp, PSNR and MS-SSIM of real records: what training's validation measures."""
-    measured = validate(model, photos, rate)
-    return {name: measured[name] for name in ("bpp", "psnr", "ms_ssim")}
+SCORES = ("bpp", "psnr", "ms_ssim")
 
 
-def per_photo_gaps(joint: SPRDiff, separate: SPRDiff, photos: list[np.ndarray], rate_ids) -> list[float]:
-    """Each photo's PSNR under the separate model less its own joint curve's at the same bpp."""
-    gaps = []
-    for photo in photos:
-        curve = [scores(joint, [photo], r) for r in rate_ids]
-        own = scores(separate, [photo], None)
-        gaps.append(own["psnr"] - read_curve(curve, own["bpp"], "psnr"))
-    return gaps
+def photo_scores(model: SPRDiff, photos: list[np.ndarray], rate: int | None) -> list[dict[str, float]]:
+    """Each photo's bpp, PSNR and MS-SSIM from its real record: what training's validation measures."""
+    return [{name: value for name, value in validate(model, [photo], rate).items() if name in SCORES}
+            for photo in photos]
+
+
+def mean_scores(per_photo: list[dict[str, float]]) -> dict[str, float]:
+    return {name: float(np.mean([s[name] for s in per_photo])) for name in SCORES}
 
 
 def read_curve(curve: list[dict], bpp: float, metric: str) -> float:
@@ -74,12 +71,15 @@ def main() -> None:
         parser.error(f"the joint model has {len(joint.rate_ids)} rates: give as many models, or RATE=MODEL pairs")
     if not set(separate) <= set(joint.rate_ids):
         parser.error(f"the joint model's rates are {joint.rate_ids}, got {sorted(separate)}")
-    curve = [{"rate": r, **scores(joint, photos, r)} for r in joint.rate_ids]
+    joint_photos = {r: photo_scores(joint, photos, r) for r in joint.rate_ids}  # each photo coded once per rate
+    curve = [{"rate": r, **mean_scores(joint_photos[r])} for r in joint.rate_ids]
     rows = []
     for rate, path in sorted(separate.items()):
-        model = SPRDiff.from_pretrained(path)
-        own = scores(model, photos, None)
-        gaps = per_photo_gaps(joint, model, photos, joint.rate_ids)
+        per_photo = photo_scores(SPRDiff.from_pretrained(path), photos, None)
+        own = mean_scores(per_photo)
+        # each photo's own joint curve read at its bpp under the separate model
+        gaps = [mine["psnr"] - read_curve([joint_photos[r][i] for r in joint.rate_ids], mine["bpp"], "psnr")
+                for i, mine in enumerate(per_photo)]
         stderr = float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else None
         rows.append({"rate": rate, "model": path, **own,
                      "psnr_gain_db": own["psnr"] - read_curve(curve, own["bpp"], "psnr"),

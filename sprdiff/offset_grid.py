@@ -101,6 +101,7 @@ class ResidualProjections:
 
     def __init__(self, original: torch.Tensor, decoded: torch.Tensor | None, row_counts: Iterable[int]):
         """``decoded`` None: ``original`` is the residual itself."""
+        counts = sorted(set(row_counts))  # read once: the bands below each use every count
         self.height, self.width = original.shape[-2:]
         self.numel = original.numel()
         self.device = str(original.device)
@@ -111,7 +112,7 @@ class ResidualProjections:
         for band, rows in bands.bands_of(*images):
             residual = rows[0] if decoded is None else rows[0] - rows[1]
             self.square_sum = _add(self.square_sum, residual.square().sum())
-            for count in set(row_counts):
+            for count in counts:
                 matrix, pinv = _operators(self.height, count, self.device)
                 self._pinv_r[count] = _add(self._pinv_r.get(count), pinv[:, band] @ residual)
                 self._transpose_r[count] = _add(self._transpose_r.get(count), matrix[band].T @ residual)
