@@ -5,7 +5,9 @@
   from a fixed seed: where ``jobs/configs/demo.sh`` starts (``sprdiff train --stage 0``).
 * ``demo``: that architecture after our own training (stages 0, 1, 2 on ``shared/data/photos``, then
   three rate points), shipped as a model directory inside the package (:data:`SHIPPED_MODELS`);
-  ``demo-2026-12-03``: the one-rate demo it replaced, kept so that its records still decode.
+  the demos it replaced ship too, under the date they shipped, so that their records still decode:
+  ``demo-2026-12-07`` (the same three rate points after 1,200 joint steps) and ``demo-2026-12-03``
+  (one rate).
 * ``sd-turbo``: the paper's sizes; pretrained components come from the sources in its
   config (hub ids by default; point them at local dirs or ``s3://`` copies with
   :func:`sd_turbo_config`). Its architecture configs live in ``presets/sd_turbo.json`` so
@@ -123,9 +125,12 @@ def sd_turbo_config(vae_source: str = "stabilityai/sd-turbo#vae", unet_source: s
 PRESETS = {"tiny": tiny_config, "demo-init": demo_init_config, "sd-turbo": sd_turbo_config}
 
 # Trained models that ship inside the package: name -> model directory (config.json + model.safetensors).
-# "demo-2026-12-03" is the one-rate demo that shipped before the rate points (its records, written by
-# `sprdiff encode` with the default model until then, keep decoding without a --model-store).
+# The demos that shipped before the current one keep shipping under the date they shipped: records
+# written by `sprdiff encode` with the default model keep decoding without a --model-store
+# (tests/codec/test_shipped_goldens.py holds records of each).
 SHIPPED_MODELS = {"demo": Path(__file__).parent / "pretrained" / "demo",
+                  "demo-2026-12-07": Path(__file__).parent / "pretrained" / "demo-2026-12-07",
                   "demo-2026-12-03": Path(__file__).parent / "pretrained" / "demo-2026-12-03"}
 RETRAIN_HINT = {"demo": "bash jobs/configs/demo.sh",
+                "demo-2026-12-07": "bash jobs/configs/demo.sh with 1200 steps in demo_stage2_rates.json",
                 "demo-2026-12-03": "bash jobs/configs/demo.sh (its ninth stage-2 run, stage2-haarpsi-rate12)"}

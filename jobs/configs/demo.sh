@@ -56,9 +56,13 @@ $sprdiff train --stage 2 --config "$CONFIG" --config jobs/configs/demo_stage2_ra
     --model "$RUN/$previous/model"
 previous=stage2-rates/best-model
 
+# A demo that has shipped is never overwritten (its records must keep decoding): before this step,
+# `git mv sprdiff/pretrained/demo sprdiff/pretrained/demo-<date it shipped>`, name it in
+# sprdiff.presets.SHIPPED_MODELS, and add goldens of the new one (tests/codec/test_shipped_goldens.py).
 rm -rf sprdiff/pretrained/demo
-mkdir -p sprdiff/pretrained
-# OUTPUT/model is a pointer (pipeline/training/export.py): copy the stored weights it names
+mkdir -p sprdiff/pretrained/demo
+# OUTPUT/model is a pointer (pipeline/training/export.py): copy the stored weights it names (its
+# model card, README.md, names this machine's paths and stays with the run)
 latest=$(.venv/bin/python -c "from sprdiff.model_pointer import read_pointer; print(read_pointer('$RUN/$previous/model').target)")
-cp -r "$latest" sprdiff/pretrained/demo
+cp "$latest/config.json" "$latest/model.safetensors" sprdiff/pretrained/demo/
 echo "demo model written to sprdiff/pretrained/demo; evaluate it with: bash jobs/configs/demo_eval.sh"

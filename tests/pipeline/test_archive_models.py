@@ -174,7 +174,7 @@ def test_single_records_decode_from_a_store_without_model(models, tmp_path, smal
     assert np.array_equal(np.asarray(Image.open(tmp_path / "dec" / "photo.png")), want)
     capsys.readouterr()
     assert sprdiff_cli(["decode", record, "-o", str(tmp_path / "dec2")]) == 1
-    assert "no model in demo, demo-2026-12-03, tiny wrote this record" in capsys.readouterr().err
+    assert "no model in demo, demo-2026-12-07, demo-2026-12-03, tiny wrote this record" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # about 45 s on the shared 2-core machine; tests/pipeline/test_pipeline_ray_s3.py covers actors
