@@ -111,12 +111,17 @@ class StageConfig:
     # several rate points trained jointly, sample by sample in turn (empty: one rate, λ_b = lambda_rate);
     # lambda_rate then names the model's default rate and must be one of theirs
     rate_points: tuple[RatePoint, ...] = ()
+    # lr of the rate points' own parameters (gains, inverse gains, the entropy model's per-rate side
+    # offsets) as a multiple of lr: few numbers that decide each rate's bits, barely moved at the main lr
+    rate_lr_scale: float = 1.0
 
     def __post_init__(self):
         if self.steps < 1 or self.lr <= 0:
             raise ValueError(f"stage steps must be >= 1 and lr > 0, got steps={self.steps}, lr={self.lr}")
         if self.prior_lr_scale <= 0:
             raise ValueError(f"prior_lr_scale must be > 0, got {self.prior_lr_scale}")
+        if self.rate_lr_scale <= 0:
+            raise ValueError(f"rate_lr_scale must be > 0, got {self.rate_lr_scale}")
         if list(self.lr_drops) != sorted(self.lr_drops):
             raise ValueError(f"lr_drops must be sorted by step: {self.lr_drops}")
         if self.rate_points:

@@ -8,8 +8,9 @@ What trains (ARCHITECTURE.md §1): every parameter ``SPRDiff.freeze_pretrained``
 trainable -- LoRA adapters of the VAE encoder and UNet, fusion, E_l/D_l, entropy model, T, P,
 semantic projection -- plus the discriminator in stage 2. Optimizers (CompressAI's convention):
 the main one takes all of those except the EntropyBottleneck ``quantiles`` (the factorized
-prior's density in a group of its own when ``prior_lr_scale`` is not 1); an auxiliary Adam
-minimises ``entropy.aux_loss()`` over the quantiles alone.
+prior's density in a group of its own when ``prior_lr_scale`` is not 1, the rate points' gains and
+side offsets in one when ``rate_lr_scale`` is not 1); an auxiliary Adam minimises
+``entropy.aux_loss()`` over the quantiles alone.
 """
 
 from __future__ import annotations
@@ -77,6 +78,20 @@ def factorized_prior_parameters(module: nn.Module) -> set[nn.Parameter]:
             for name, p in sub.named_parameters() if name != "quantiles"}
 
 
+def rate_point_parameters(module: nn.Module) -> set[nn.Parameter]:
+    """The rate points' own parameters (``sprdiff.rates``): the per-rate gains and inverse gains and
+    the entropy model's per-rate side offsets; empty for a one-rate model."""
+    return {p for name, p in module.named_parameters() if ".rate_gains." in f".{name}" or name.endswith("rate_side")}
+
+
+def saved_group_names(param_groups: list[dict]) -> list[str]:
+    """The names of a saved optimizer's groups. Checkpoints from before groups were named hold
+    ``main`` and, when ``prior_lr_scale`` was not 1, ``prior``."""
+    if all("name" in group for group in param_groups):
+        return [group["name"] for group in param_groups]
+    return ["main", "prior"][:len(param_groups)]
+
+
 def frozen_modules(model: SPRDiff) -> dict[str, nn.Module]:
     """Pretrained parts kept in eval mode (their LoRA adapters still train)."""
     return {name: getattr(model, name) for name in PRETRAINED_COMPONENTS}
@@ -93,11 +108,12 @@ class OptimizedTrainer:
     reduce_mean: ReduceMean = staticmethod(lambda t: t)
 
     def set_up_optimizers(self, module: nn.Module, lr: float, lr_drops: Iterable[tuple[int, float]],
-                          prior_lr_scale: float = 1.0) -> None:
+                          prior_lr_scale: float = 1.0, rate_lr_scale: float = 1.0) -> None:
         """The main AdamW takes every trainable parameter of ``module`` but the EntropyBottleneck
         ``quantiles``; an auxiliary Adam takes those alone. With ``prior_lr_scale != 1`` the
-        EntropyBottlenecks' density parameters are a second group of the main AdamW, at that
-        multiple of the lr (same schedule)."""
+        EntropyBottlenecks' density parameters are a group of the main AdamW of their own, at that
+        multiple of the lr (same schedule); with ``rate_lr_scale != 1`` so are the rate points'
+        parameters (``rate_point_parameters``). Groups are named, so a resume can tell them apart."""
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         self.main_names = [n for n, _ in named if not n.endswith(AUX_PARAMETER_SUFFIX)]
         self.aux_names = [n for n, _ in named if n.endswith(AUX_PARAMETER_SUFFIX)]
@@ -105,12 +121,14 @@ class OptimizedTrainer:
         self.main_params = [params[n] for n in self.main_names]
         self.aux_params = [params[n] for n in self.aux_names]
         opt = self.config.optimizer
-        if prior_lr_scale == 1.0:
-            groups = [{"params": self.main_params, "lr": lr}]
-        else:
-            prior = factorized_prior_parameters(module)
-            groups = [{"params": [p for p in self.main_params if p not in prior], "lr": lr},
-                      {"params": [p for p in self.main_params if p in prior], "lr": lr * prior_lr_scale}]
+        own = {"prior": (prior_lr_scale, factorized_prior_parameters(module)),
+               "rate_points": (rate_lr_scale, rate_point_parameters(module))}
+        own = {name: (scale, members) for name, (scale, members) in own.items() if scale != 1.0}
+        taken = set().union(*(members for _, members in own.values()))
+        groups = [{"name": "main", "params": [p for p in self.main_params if p not in taken], "lr": lr}]
+        groups += [{"name": name, "params": [p for p in self.main_params if p in members], "lr": lr * scale}
+                   for name, (scale, members) in own.items()]
+        self.group_names = [group["name"] for group in groups]
         self.base_lrs = [group["lr"] for group in groups]
         self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=opt.betas, weight_decay=opt.weight_decay)
         self.aux_optimizer = torch.optim.Adam(self.aux_params, lr=opt.aux_lr)
@@ -121,11 +139,12 @@ class OptimizedTrainer:
         """Restore both optimizers and the step count of the schedule from a checkpoint. The schedule
         itself (base lr and drops) stays the config's: a resumed run that edits ``lr_drops`` follows
         the edit from the restored step on."""
-        saved_groups = len(state["optimizer"]["param_groups"])
-        if saved_groups != len(self.base_lrs):
-            raise ValueError(f"the checkpoint's optimizer has {saved_groups} parameter group(s), this run's config "
-                             f"makes {len(self.base_lrs)}: prior_lr_scale was 1 in one and not in the other; resume "
-                             f"with the checkpoint's prior_lr_scale or start a new --output")
+        saved = saved_group_names(state["optimizer"]["param_groups"])
+        if saved != self.group_names:
+            raise ValueError(f"the checkpoint's optimizer has the parameter groups {saved}, this run's config makes "
+                             f"{self.group_names}: a group of its own exists when prior_lr_scale (prior) or "
+                             f"rate_lr_scale (rate_points) is not 1; resume with the checkpoint's scales or start "
+                             f"a new --output")
         self.optimizer.load_state_dict(state["optimizer"])
         self.aux_optimizer.load_state_dict(state["aux_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -219,7 +238,8 @@ class StageTrainer(OptimizedTrainer):
         for component in config.train_pretrained:  # no pretrained prior to keep (models trained from scratch)
             getattr(model, component).requires_grad_(True)
         prepare_for_training(model, config, self.device)
-        self.set_up_optimizers(model, self.stage.lr, self.stage.lr_drops, self.stage.prior_lr_scale)
+        self.set_up_optimizers(model, self.stage.lr, self.stage.lr_drops, self.stage.prior_lr_scale,
+                               self.stage.rate_lr_scale)
         self.vgg = (VGGFeatures(config.vgg_weights, config.vgg_layer).to(self.device)
                     if self.stage.weights.perceptual > 0 else None)
         self.discriminator: PatchDiscriminator | None = None

@@ -129,3 +129,43 @@ def test_stage_config_names_the_default_rate_by_its_place():
     stage = StageConfig(steps=1, lr=1e-4, lr_drops=(), lambda_rate=6.0, weights=None, rate_ids={"6": 7},
                         prior_lr_scale=1.0, rate_points=(RatePoint(24.0, 0.5), RatePoint(6.0, 2.0)))
     assert stage.rate_id_for(6.0) == 1  # rate_ids is for one-rate runs
+
+
+def test_the_rate_points_can_learn_at_a_multiple_of_the_lr_and_resume_only_with_it(rates_config):
+    def trainer(prior: float, rate: float) -> StageTrainer:
+        config = rates_config.with_overrides({"stage2.prior_lr_scale": prior, "stage2.rate_lr_scale": rate})
+        return StageTrainer(SPRDiff.from_pretrained("tiny"), config, stage=2)
+
+    plain, scaled = trainer(1.0, 1.0), trainer(1.0, 30.0)
+    assert (plain.group_names, scaled.group_names) == (["main"], ["main", "rate_points"])
+    named = dict(scaled.model.named_parameters())
+    own = {named[n] for n in ("rate_gains.log_gain", "rate_gains.log_inverse_gain", "entropy.rate_side")}
+    main, rate = scaled.optimizer.param_groups
+    assert set(rate["params"]) == own and not set(main["params"]) & own
+    lr = rates_config.stage2.lr
+    assert [g["lr"] for g in scaled.optimizer.param_groups] == pytest.approx([lr, 30 * lr])
+
+    x = images(1)[0]  # the first sample takes rate 0
+    moved = {}
+    for name, t in (("plain", plain), ("scaled", scaled)):
+        before = t.model.rate_gains.log_gain.detach()[0].clone()
+        t.set_train_mode()
+        t.train_step(x)
+        moved[name] = (t.model.rate_gains.log_gain.detach()[0] - before).abs().max().item()
+    # Adam's first step moves each parameter by about its lr
+    assert moved["scaled"] == pytest.approx(30 * lr, rel=0.05) and moved["plain"] == pytest.approx(lr, rel=0.05)
+
+    state = scaled.state_dict()
+    resumed = trainer(1.0, 30.0)
+    resumed.load_state_dict(state)
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == pytest.approx([lr, 30 * lr])
+    for other in (trainer(1.0, 1.0), trainer(30.0, 1.0)):  # one group, or a prior group in its place
+        with pytest.raises(ValueError, match="rate_lr_scale"):
+            other.load_state_dict(state)
+    # a checkpoint from before groups were named: two groups were the main one and the prior's
+    legacy = trainer(30.0, 1.0).state_dict()
+    for group in legacy["optimizer"]["param_groups"]:
+        del group["name"]
+    trainer(30.0, 1.0).load_state_dict(legacy)
+    with pytest.raises(ValueError, match=r"\['main', 'prior'\]"):
+        trainer(1.0, 30.0).load_state_dict(legacy)
