@@ -30,7 +30,8 @@ from pipeline.training.discriminator import PatchDiscriminator
 from pipeline.training.losses import VGGFeatures, codec_loss, discriminator_loss
 from pipeline.training.memory import prepare_for_training, trains_in_bf16
 from sprdiff import SPRDiff
-from sprdiff.rates import add_rate_points
+from sprdiff.entropy import SpaceChannelEntropyModel
+from sprdiff.rates import RateGains, add_rate_points
 
 AUX_PARAMETER_SUFFIX = ".quantiles"  # CompressAI: EntropyBottleneck quantiles go to the aux optimizer
 Wrap = Callable[[nn.Module], nn.Module]
@@ -81,7 +82,9 @@ def factorized_prior_parameters(module: nn.Module) -> set[nn.Parameter]:
 def rate_point_parameters(module: nn.Module) -> set[nn.Parameter]:
     """The rate points' own parameters (``sprdiff.rates``): the per-rate gains and inverse gains and
     the entropy model's per-rate side offsets; empty for a one-rate model."""
-    return {p for name, p in module.named_parameters() if ".rate_gains." in f".{name}" or name.endswith("rate_side")}
+    gains = {p for sub in module.modules() if isinstance(sub, RateGains) for p in sub.parameters()}
+    return gains | {sub.rate_side for sub in module.modules()
+                    if isinstance(sub, SpaceChannelEntropyModel) and hasattr(sub, "rate_side")}
 
 
 def saved_group_names(param_groups: list[dict]) -> list[str]:
