@@ -7,7 +7,7 @@ import sys
 import warnings
 
 # Library deprecation chatter (torch.jit in CompressAI, ...) is not for the CLI's users:
-# errors must stay one line. Filter before the heavy imports below emit it.
+# errors must stay one line. Filter before any command imports the model stack (each does so lazily).
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 

@@ -16,8 +16,6 @@ from fractions import Fraction
 
 from sprdiff.cli import add_model_arguments, default_device
 from sprdiff.evaluation.baselines import CODECS, DEFAULT_BASELINES, DEFAULT_SCALES
-from sprdiff.evaluation.run import OURS, EvalOptions
-from sprdiff.evaluation.summary import rate_sections
 from sprdiff.images import DEFAULT_MAX_PIXELS
 
 
@@ -99,6 +97,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.patch < 1 or (args.limit is not None and args.limit < 1) or args.crops < 0:
         print("sprdiff eval: error: --patch and --limit must be positive, --crops >= 0", file=sys.stderr)
         return 2
+    from sprdiff.evaluation.run import EvalOptions
     from sprdiff.evaluation.workflow import run_evaluation
     from sprdiff.model import SPRDiff
 
@@ -125,6 +124,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def format_summary(summary: dict) -> str:
     """A plain-text table of the means, one line per method (and rate, with several), then the BD-rates."""
+    from sprdiff.evaluation.run import OURS
+    from sprdiff.evaluation.summary import rate_sections
+
     sections = rate_sections(summary)
     several = len(sections) > 1
     names = [m for m, s in summary["metrics"].items() if s["status"] == "computed"]
@@ -160,6 +162,7 @@ def _num(value, width: int, digits: int) -> str:
 
 def _run_compare(args: argparse.Namespace) -> int:
     from sprdiff.evaluation.compare import write_comparison
+    from sprdiff.evaluation.run import OURS
 
     paths = write_comparison(args.compare, args.output)
     combined = json.loads(paths["compare.json"].read_text())

@@ -1,7 +1,9 @@
 """Single-file commands: ``sprdiff encode``, ``sprdiff decode``, ``sprdiff info``.
 
 The console script itself lives in ``jobs.cli`` (it adds the batch jobs); these
-functions register the codec's own subcommands and run them without Ray.
+functions register the codec's own subcommands and run them without Ray. Building the parser
+imports no torch: every ``sprdiff`` command, the batch jobs' drivers among them, starts in a
+fraction of a second and loads the model stack only where it runs it.
 """
 
 from __future__ import annotations
@@ -13,13 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import fsspec
-import torch
 
 from sprdiff import bitstream
 from sprdiff.errors import SPRDiffError
 from sprdiff.images import DEFAULT_MAX_PIXELS, encode_png, load_image
 from sprdiff.presets import SHIPPED_MODELS
-from sprdiff.rates import budget_warning, check_rate, check_target_bpp
 from sprdiff.run_settings import DEFAULT_TILE_SIZE, PRECISIONS, check_tile_size
 
 DEFAULT_MODEL = "demo"  # the shipped trained model (sprdiff/pretrained/demo)
@@ -27,6 +27,8 @@ RECORD_SUFFIX = ".sprd"
 
 
 def default_device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -77,6 +79,8 @@ def add_rate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def rate_settings(args: argparse.Namespace, config) -> dict:
     """``rate`` and ``target_bpp`` for compress, checked against the model before any image is read."""
+    from sprdiff.rates import check_rate, check_target_bpp
+
     if args.target_bpp is not None:
         return {"rate": None, "target_bpp": check_target_bpp(config, args.target_bpp)}
     return {"rate": check_rate(config, args.rate), "target_bpp": None}
@@ -139,6 +143,8 @@ def _each(items: list[str], work: Callable[[str, str], str], stems: list[str]) -
 
 
 def run_encode(args: argparse.Namespace) -> int:
+    from sprdiff.rates import budget_warning
+
     stems = _unique_stems(args.images)
     model = _load_model(args)
     runtime = runtime_settings(args, model.device)

@@ -4,13 +4,19 @@ Pure functions and plain classes, no Ray. ``sprdiff eval`` (jobs/eval_commands.p
 :func:`run_evaluation`; docs/evaluation.md states the protocol.
 """
 
-from sprdiff.evaluation.baselines import CODECS, DEFAULT_SCALES, BaselineResult, encode_at_budget
-from sprdiff.evaluation.compare import write_comparison
-from sprdiff.evaluation.metrics import bits_per_pixel, gmsd, haarpsi, ms_ssim, psnr
-from sprdiff.evaluation.run import EvalOptions, evaluate
-from sprdiff.evaluation.suite import MetricSuite
-from sprdiff.evaluation.workflow import run_evaluation
+from importlib import import_module
 
-__all__ = ["CODECS", "DEFAULT_SCALES", "BaselineResult", "EvalOptions", "MetricSuite", "bits_per_pixel",
-           "encode_at_budget", "evaluate", "gmsd", "haarpsi", "ms_ssim", "psnr", "run_evaluation",
-           "write_comparison"]
+# Each name is imported from its module on first use (PEP 562), so importing one light module of
+# this package (the baselines' codec table, for the CLI's parser) does not load torch and piq.
+_HOMES = {"CODECS": "baselines", "DEFAULT_SCALES": "baselines", "BaselineResult": "baselines",
+          "encode_at_budget": "baselines", "write_comparison": "compare", "bits_per_pixel": "metrics",
+          "gmsd": "metrics", "haarpsi": "metrics", "ms_ssim": "metrics", "psnr": "metrics",
+          "EvalOptions": "run", "evaluate": "run", "MetricSuite": "suite", "run_evaluation": "workflow"}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_HOMES[name]}"), name)

@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, features
 
-from sprdiff.evaluation.metrics import psnr
-
 
 @dataclass(frozen=True)
 class ClassicalCodec:
@@ -126,6 +124,8 @@ def _best_quality_within(codec: ClassicalCodec, picture: Image.Image, budget: in
 def encode_at_budget(image: np.ndarray, codec: ClassicalCodec | str, budget_bytes: int,
                      scales: tuple[float, ...] = DEFAULT_SCALES) -> BaselineResult:
     """The best-PSNR setting of ``codec`` over ``scales`` x quality using at most ``budget_bytes``."""
+    from sprdiff.evaluation.metrics import psnr  # torch: here, so the CLI's parser reads CODECS without it
+
     if isinstance(codec, str):
         codec = CODECS[codec]
     if not scales or any(not 0 < s <= 1 for s in scales):

@@ -6,19 +6,24 @@ import shutil
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from sprdiff import SPRDiff
+from sprdiff.config import WEIGHTS_NAME
 from sprdiff.model_card import read_model_card
 from sprdiff.model_store import (
     ModelCache,
     ModelNotFoundError,
     directory_fingerprint,
+    fingerprint_digest,
     is_stored,
     locate_model,
     resolve_model,
     store_model,
     store_model_source,
 )
+from sprdiff.weight_layout import all_tensors, copies_in
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +40,21 @@ def other_model(tiny_model):
 def test_a_saved_directory_has_the_loaded_models_fingerprint(tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path / "m")
     assert directory_fingerprint(tmp_path / "m") == tiny_model.fingerprint
+
+
+def test_a_file_with_a_dtype_numpy_lacks_is_hashed_as_torch_reads_it(tiny_model, tmp_path):
+    """bfloat16 has no numpy dtype: such files take the torch path, and hash the bytes torch reads."""
+    tiny_model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / WEIGHTS_NAME
+    with safe_open(str(weights), framework="pt") as f:
+        state, metadata = {name: f.get_tensor(name) for name in f.keys()}, f.metadata()
+    name = next(n for n, t in sorted(state.items()) if t.is_floating_point() and t.numel() > 1)
+    state[name] = state[name].to(torch.bfloat16)
+    save_file(state, str(weights), metadata=metadata)
+    with safe_open(str(weights), framework="pt") as f:
+        tensors = list(all_tensors(list(f.keys()), copies_in(f.metadata()), f.get_tensor))
+    expected = fingerprint_digest(tiny_model.config.to_json(), tensors).hex()
+    assert directory_fingerprint(tmp_path / "m") == expected != tiny_model.fingerprint
 
 
 def test_store_once_then_resolve_after_the_source_is_gone(other_model, tmp_path):

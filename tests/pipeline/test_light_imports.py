@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from sprdiff import SPRDiff
+
 REPO = Path(__file__).resolve().parents[2]
 LIGHT = ["pipeline.encode_stages", "pipeline.decode_stages", "pipeline.part_writer", "pipeline.ray_runner",
          "pipeline.config", "pipeline.inputs", "sprdiff.model_store"]
@@ -22,3 +24,28 @@ def test_task_side_modules_import_without_torch(module):
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "", f"importing {module} loads {done.stdout.strip()}"
+
+
+def _loaded_by(code: str) -> tuple[str, str]:
+    """(the heavy modules ``code`` left in sys.modules, its last printed line) in a fresh interpreter."""
+    heavy = ("torch", "piq", "matplotlib", "torchvision", "diffusers", "compressai")
+    code += f"; import sys; print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    return lines[-1], "\n".join(lines[:-1])
+
+
+def test_building_the_cli_parser_loads_no_model_stack():
+    """Every ``sprdiff`` command parses its arguments first: the jobs' drivers among them, whose start
+    is part of each job's fixed cost (docs/performance.md)."""
+    loaded, _ = _loaded_by("import jobs.cli; jobs.cli.build_parser()")
+    assert loaded == "", f"building the parser loads {loaded}"
+
+
+def test_a_job_driver_names_a_saved_model_without_torch():
+    loaded, printed = _loaded_by("from sprdiff.model_store import directory_fingerprint; "
+                                 "from sprdiff.presets import SHIPPED_MODELS; "
+                                 "print(directory_fingerprint(SHIPPED_MODELS['demo']))")
+    assert loaded == "", f"hashing a saved model loads {loaded}"
+    assert printed == SPRDiff.from_pretrained("demo").fingerprint
