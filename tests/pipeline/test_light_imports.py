@@ -15,25 +15,22 @@ from sprdiff import SPRDiff
 REPO = Path(__file__).resolve().parents[2]
 LIGHT = ["pipeline.encode_stages", "pipeline.decode_stages", "pipeline.part_writer", "pipeline.ray_runner",
          "pipeline.config", "pipeline.inputs", "sprdiff.model_store"]
+MODEL_STACK = ("torch", "piq", "matplotlib", "torchvision", "diffusers", "compressai")
 
 
-@pytest.mark.parametrize("module", LIGHT)
-def test_task_side_modules_import_without_torch(module):
-    code = (f"import sys, {module}; "
-            "print(','.join(m for m in ('torch', 'diffusers', 'webdataset') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "", f"importing {module} loads {done.stdout.strip()}"
-
-
-def _loaded_by(code: str) -> tuple[str, str]:
-    """(the heavy modules ``code`` left in sys.modules, its last printed line) in a fresh interpreter."""
-    heavy = ("torch", "piq", "matplotlib", "torchvision", "diffusers", "compressai")
+def _loaded_by(code: str, heavy: tuple[str, ...] = MODEL_STACK) -> tuple[str, str]:
+    """(the ``heavy`` modules ``code`` left in sys.modules, what it printed before) in a fresh interpreter."""
     code += f"; import sys; print(','.join(m for m in {heavy!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    return lines[-1], "\n".join(lines[:-1])
+    return lines[-1].strip() if lines else "", "\n".join(lines[:-1])
+
+
+@pytest.mark.parametrize("module", LIGHT)
+def test_task_side_modules_import_without_torch(module):
+    loaded, _ = _loaded_by(f"import {module}", ("torch", "diffusers", "webdataset"))
+    assert loaded == "", f"importing {module} loads {loaded}"
 
 
 def test_building_the_cli_parser_loads_no_model_stack():
