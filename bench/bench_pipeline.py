@@ -1,7 +1,7 @@
 """Pipeline efficiency: the Ray Data jobs against a plain in-process loop, same images, same preset.
 
     .venv/bin/python bench/bench_pipeline.py [--images 96] [--size 512] [--model tiny] [--actors 1] [--threads 1]
-                                             [--no-side-information] [--encode-only]
+                                             [--no-side-information] [--encode-only] [--codec-service]
 
 Prints, side by side from one run: images/s of ``encode-job`` vs a loop (read file -> load_image
 -> compress -> one Parquet file), their ratio (pipeline efficiency), and the same for
@@ -17,6 +17,11 @@ phases: before the dataset starts (plan, model store, checks), start-up to the f
 (Ray Data operators, worker and actor start, imports, model load, the first part's images),
 streaming, and the end (stats, index).
 
+``--codec-service`` runs the job arms on a warm codec service (``pipeline.codec_service``, one
+server) started before them, as a long-running cluster keeps one for its scheduled jobs; its start
+(imports, model load) is printed separately, once per cluster as Ray's own start is. It then also
+times a whole ``sprdiff encode-job`` command on the same cluster (a new process and Ray driver).
+
 glibc's malloc thresholds are raised for both arms (see RAY_NOTES): the script re-executes
 itself with them set if they are missing.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -98,6 +104,28 @@ def loop_decode(archive: Path, model_name: str, out: Path) -> tuple[float, float
     return time.perf_counter() - t0, codec / max(1, n), n
 
 
+def time_command(work: Path, args: argparse.Namespace, address: str, side: bool) -> float:
+    """Wall seconds of ``sprdiff encode-job`` on the bench's cluster and codec service, as a scheduled
+    job runs it (the archive must hold the same records as the in-process job's). The command names
+    the model saved to a directory, as users name theirs: a preset built in code would cost its
+    driver the model stack's imports (about 7 s here) to fingerprint it."""
+    from sprdiff import SPRDiff
+
+    saved = work / "saved-model"
+    SPRDiff.from_pretrained(args.model).save_pretrained(str(saved))  # same weights, same fingerprint
+    command = [sys.executable, "-m", "jobs.cli", "encode-job", "--input", str(work / "photos"),
+               "--output", str(work / "archive-command"), "--model", str(saved), "--rows-per-part",
+               str(args.shard_size), "--address", address, "--codec-service", "bench"]
+    t0 = time.perf_counter()
+    subprocess.run([*command, *([] if side else ["--no-colour-correction"])], check=True, capture_output=True,
+                   cwd=Path(__file__).resolve().parents[1])
+    seconds = time.perf_counter() - t0
+    records = [pq.read_table(work / name, columns=["key", "record"]).sort_by("key").column("record")
+               for name in ("archive", "archive-command")]
+    assert records[0].equals(records[1]), "the command's bitstreams differ from the in-process job's"
+    return seconds
+
+
 def marked(stream, marks: dict, start: float):
     """``stream`` noting, in seconds since ``start``, when it was first called, its first summary and its last."""
     def run(*args, **kwargs):
@@ -120,11 +148,14 @@ def main() -> None:
     parser.add_argument("--work-dir", default=None, help="default: a temporary directory")
     parser.add_argument("--no-side-information", action="store_true", help="encode without colour map and offset grid")
     parser.add_argument("--encode-only", action="store_true", help="skip the decode arms")
+    parser.add_argument("--codec-service", action="store_true",
+                        help="run the job arms on a warm codec service started before them")
     args = parser.parse_args()
 
+    import ray
     import torch
 
-    from pipeline import ray_runner
+    from pipeline import codec_service, ray_runner
     from pipeline.config import ComputeConfig, DecodeJobConfig, EncodeJobConfig
     from pipeline.decode_job import run_decode_job
     from pipeline.encode_job import run_encode_job
@@ -144,12 +175,19 @@ def main() -> None:
     t0 = time.perf_counter()
     with ray_runner.ray_session(num_cpus=ray_runner.embedded_cpus(compute)):
         ray_start = time.perf_counter() - t0
+        if args.codec_service:
+            t0 = time.perf_counter()
+            codec_service.start_service("bench", args.model, args.actors, compute, env=ray_runner.MALLOC_ENV)
+            service_start = time.perf_counter() - t0
+            compute = ComputeConfig(service="bench")
         t0 = time.perf_counter()
         enc = run_encode_job(EncodeJobConfig(input=str(work / "photos"), output=str(work / "archive"),
                                              model=args.model, rows_per_part=args.shard_size, compute=compute,
                                              colour_correction=side),
                              marked(ray_runner.stream_encode, enc_marks, t0), log=lambda _: None)
         job_enc_s = time.perf_counter() - t0
+        if args.codec_service:
+            command_s = time_command(work, args, ray.get_runtime_context().gcs_address, side)
         if not args.encode_only:
             loop_dec_s, dec_codec, n_dec = loop_decode(work / "archive", args.model, work / "loop-decoded")
             t0 = time.perf_counter()
@@ -170,6 +208,9 @@ def main() -> None:
         job_dec_codec = float(np.mean(pq.read_table(work / "decoded" / "_manifest").column("decode_s")))
         arms.append(("decode", dec_codec, job_dec_codec, loop_dec_s, job_dec_s, dec_marks))
     print(f"ray start (once per command; not in the job times): {ray_start:.1f} s")
+    if args.codec_service:
+        print(f"codec service start, {args.actors} server(s) (once per cluster; not in the job times): "
+              f"{service_start:.1f} s")
     print("codec s/img: mean seconds per image inside compress/decompress (loop process | job actor)")
     print(f"{'':8}{'codec s/img':>14}{'loop s':>9}{'loop img/s':>11}{'job s':>9}{'job img/s':>10}{'ratio':>7}")
     for name, codec, job_codec, loop_s, job_s, _ in arms:
@@ -186,6 +227,10 @@ def main() -> None:
     for name, _, _, _, job_s, marks in arms:
         print(f"{name}-job: {marks['submit']:.1f} | {marks['first'] - marks['submit']:.1f} | "
               f"{marks['last'] - marks['first']:.1f} | {job_s - marks['last']:.1f}")
+    if args.codec_service:
+        print(f"a whole `sprdiff encode-job` command on the warm cluster (new process, imports, Ray driver, job; "
+              f"--model the same weights saved to a directory): "
+              f"{command_s:.1f} s wall, {command_s - n * job_enc_codec / args.actors:.1f} s not spent in the codec")
     print(f"work dir: {work}; load average after: {os.getloadavg()[0]:.1f}")
 
 

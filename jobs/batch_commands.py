@@ -59,6 +59,10 @@ def _add_compute_arguments(parser: argparse.ArgumentParser) -> None:
                             "decodes any record")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the UNet and VAE decoder in each actor (long GPU jobs)")
+    group.add_argument("--codec-service", default=None, metavar="NAME",
+                       help="run the codec on the warm servers of this codec service (`sprdiff codec-service "
+                            "start`) instead of starting actors for this job: no import or model load per job. "
+                            "Needs --address; the actor options above then do not apply")
     group.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: this machine's)")
     group.add_argument("--ray-temp-dir", default=None, help="temp dir of the local Ray (default: a new one in /tmp)")
 
@@ -155,6 +159,8 @@ def _compute(args: argparse.Namespace):
     actor per core: a multi-threaded torch shares its cores badly with the reading tasks."""
     from pipeline.config import ComputeConfig
 
+    if args.codec_service:
+        _check_service_flags(args)
     fewest, most = args.actors or (None, None)
     if fewest is None and args.address is None and not args.gpus_per_actor:
         # leave room for the reading tasks when the local Ray's CPUs are given
@@ -164,8 +170,22 @@ def _compute(args: argparse.Namespace):
     return ComputeConfig(actors=fewest, max_actors=most, gpus_per_actor=args.gpus_per_actor,
                          cpus_per_actor=args.cpus_per_actor, threads_per_actor=args.threads_per_actor,
                          batch_size=args.batch_size, device=args.device, io_tasks=args.io_tasks,
-                         precision=args.precision, compile=args.compile,
+                         precision=args.precision, compile=args.compile, service=args.codec_service,
                          **({"tile_size": args.tile_size or None} if args.tile_size is not None else {}))
+
+
+def _check_service_flags(args: argparse.Namespace) -> None:
+    """A job on a codec service starts no actors: refuse the options that would size or place them."""
+    if args.address is None:
+        raise ValueError("--codec-service needs --address: a codec service runs on a long-running Ray cluster, "
+                         "and the local Ray a command starts has none")
+    given = [flag for flag, value in (("--actors", args.actors), ("--gpus-per-actor", args.gpus_per_actor),
+                                      ("--cpus-per-actor", args.cpus_per_actor != 1.0),
+                                      ("--threads-per-actor", args.threads_per_actor), ("--device", args.device),
+                                      ("--compile", args.compile)) if value]
+    if given:
+        raise ValueError(f"{', '.join(given)} do not apply with --codec-service: the service's servers were "
+                         f"started with their own (sprdiff codec-service status shows them)")
 
 
 def read_keys(value: str) -> frozenset[str]:

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_commands(subparsers)
     from jobs.archive_commands import add_archive_commands
     add_archive_commands(subparsers)
+    from jobs.service_commands import add_service_commands
+    add_service_commands(subparsers)
     return parser
 
 

@@ -34,6 +34,8 @@ class ComputeConfig:
     io_cpus: float = 0.5  # CPUs reserved per reading/decoding (and image-writing) task
     io_tasks: int | None = None  # most reading (and writing) tasks at once; None: one per actor. Each new
     # task process imports torch (via sprdiff), seconds of CPU taken from the actors on a small machine.
+    service: str | None = None  # a running codec service's name (pipeline.codec_service): its warm servers
+    # run the codec instead of actors of the job's own; the pool settings above then do not apply
 
     def __post_init__(self) -> None:
         if self.actors < 1:

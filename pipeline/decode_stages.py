@@ -102,14 +102,17 @@ class DecodeRecords:
     """
 
     def __init__(self, model=None, *, places: tuple[str, ...] = (), loaded=(), device: str = "cpu",
-                 threads: int | None = None, max_models: int = MODELS_PER_ACTOR, codec: CodecRuntime | None = None):
+                 threads: int | None = None, max_models: int = MODELS_PER_ACTOR, codec: CodecRuntime | None = None,
+                 models: ModelCache | None = None):
         """``model``: a preset name, directory or URI to load, or an already loaded ``SPRDiff``;
-        ``loaded``: models already in memory to use wherever their fingerprint is asked for."""
+        ``loaded``: models already in memory to use wherever their fingerprint is asked for;
+        ``models``: a cache to share with other stages (a codec server's, kept across jobs)."""
         self.codec = codec or CodecRuntime()
         self.codec.check(device)
         use_threads(threads)
         self.model = self.codec.load(model, device=device) if model is not None else None
-        self.models = ModelCache(places, device=device, max_models=max_models, prepare=self.codec.prepare)
+        self.places = tuple(places)
+        self.models = models or ModelCache((), device=device, max_models=max_models, prepare=self.codec.prepare)
         for m in loaded:
             self.models.add(self.codec.prepare(m))
 
@@ -122,7 +125,7 @@ class DecodeRecords:
             return self.model
         if not fingerprint:
             raise SPRDiffError("the archive row names no model fingerprint: pass --model", status="model_not_found")
-        return self.models.get(fingerprint, [*json.loads(places or "[]"), *FALLBACK_PLACES])
+        return self.models.get(fingerprint, [*self.places, *json.loads(places or "[]"), *FALLBACK_PLACES])
 
     def _decompress(self, model, records: list[bytes]) -> list[np.ndarray]:
         return model.decompress(records, batch_size=self.codec.batch_size,

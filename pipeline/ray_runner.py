@@ -1,8 +1,11 @@
-"""Where the jobs run on Ray: the one module of the pipeline that imports Ray.
+"""Where the jobs run on Ray (with ``pipeline.codec_service``, the pipeline's only modules that import Ray).
 
 Encode:  part tasks ─► read_and_decode (CPU tasks) ─► EncodeImages (autoscaling actor pool) ─► PartWriter ─► driver
 Decode:  part tasks ─► read_archive_rows (CPU tasks) ─► DecodeRecords (actor pool) ─► write_images (CPU tasks)
          ─► PartWriter ─► driver
+
+With ``--codec-service NAME`` the actor pool is replaced by one task per batch that hands it to a warm
+codec server of that service (``pipeline.codec_service``), so the job starts no codec actor.
 
 The part writer (one actor, no CPU reserved) writes every part and its sidecar, and exports the
 job's counters through Ray's metrics API (the Ray dashboard and Prometheus show them); the driver
@@ -16,6 +19,7 @@ prefix's sub-prefixes in parallel tasks).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -29,7 +33,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import codec_groups
-from pipeline.config import ComputeConfig, DecodeJobConfig, EncodeJobConfig
+from pipeline.codec_runtime import CodecRuntime
+from pipeline.config import GPU_DEFAULT_BATCH_SIZE, ComputeConfig, DecodeJobConfig, EncodeJobConfig
 from pipeline.decode_stages import DecodeRecords, read_archive_rows, write_images
 from pipeline.encode_stages import EncodeImages, decode_item, read_and_decode, read_batch_rows, rows_to_batch
 from pipeline.inputs.items import SourceItem
@@ -57,6 +62,10 @@ def embedded_cpus(*computes: ComputeConfig) -> int:
     return max(os.cpu_count() or 1, math.ceil(need))
 
 
+def forwarded_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+
+
 @contextmanager
 def ray_session(address: str | None = None, *, num_cpus: int | None = None,
                 temp_dir: str | None = None) -> Iterator[None]:
@@ -75,8 +84,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
             temp_dir = own_temp = tempfile.mkdtemp(prefix="sprdiff-ray-", dir="/tmp")
         ray.init(num_cpus=num_cpus or embedded_cpus(), _temp_dir=temp_dir, include_dashboard=False)
     else:
-        env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
-        ray.init(address=address, runtime_env={"env_vars": {**MALLOC_ENV, **env}})
+        ray.init(address=address, runtime_env={"env_vars": {**MALLOC_ENV, **forwarded_env()}})
     try:
         yield
     finally:
@@ -135,10 +143,51 @@ def _actor_args(compute: ComputeConfig, batch_rows: int) -> dict:
     return args
 
 
-def _io_pool(compute: ComputeConfig):
+def _io_pool(compute: ComputeConfig, servers: list[dict] | None = None):
+    """Reading (and image-writing) tasks at once: one per codec actor, or per server of a service."""
     import ray
 
-    return ray.data.TaskPoolStrategy(size=compute.max_io_tasks)
+    size = (compute.io_tasks or len(servers)) if servers else compute.max_io_tasks
+    return ray.data.TaskPoolStrategy(size=size)
+
+
+def _service_servers(compute: ComputeConfig) -> list[dict] | None:
+    """The servers of the job's codec service (None: the job starts its own actors)."""
+    if not compute.service:
+        return None
+    from pipeline import codec_service
+
+    servers = codec_service.describe_service(compute.service)
+    if not servers:
+        raise ValueError(f"no codec service {compute.service!r} runs on this cluster: start one with `sprdiff "
+                         f"codec-service start --name {compute.service} --model MODEL --address ADDRESS`, or "
+                         f"drop --codec-service")
+    return servers
+
+
+def _codec_of(compute: ComputeConfig, servers: list[dict] | None) -> CodecRuntime:
+    """The job's codec settings; on a service of GPU servers the default batch is the GPU one, as for
+    actors of the job's own with GPUs."""
+    codec = compute.codec
+    if servers and compute.batch_size is None and any(s["device"].startswith("cuda") for s in servers):
+        codec = dataclasses.replace(codec, batch_size=GPU_DEFAULT_BATCH_SIZE)
+    return codec
+
+
+def _service_args(compute: ComputeConfig, servers: list[dict], job: str, settings: dict, batch_rows: int,
+                  fingerprint: str | None = None) -> tuple:
+    """``map_batches`` arguments of the codec stage on a service, after the service has checked that it
+    can run ``settings`` (and, encoding, that it holds the job's model)."""
+    import ray
+
+    from pipeline import codec_service
+
+    codec_service.check_service(compute, job, settings, fingerprint=fingerprint)
+    # two calls per server: one coding, one waiting, so no server idles between batches
+    return (codec_service.code_on_service,), {
+        "fn_kwargs": {"service": compute.service, "job": job, "settings": settings},
+        "compute": ray.data.TaskPoolStrategy(size=2 * len(servers)), "num_cpus": 0, "batch_size": batch_rows,
+        "batch_format": "numpy"}
 
 
 class MeteredPartWriter(PartWriter):
@@ -202,32 +251,49 @@ def stream_encode(tasks: list[PartTask], config: EncodeJobConfig, shared: dict) 
     import ray
 
     compute = config.compute
-    check_resources(compute)
-    codec = compute.codec
-    actor = _actor_args(compute, read_batch_rows(codec.batch_size))
-    actor["fn_constructor_kwargs"].update(model=config.model, colour_correction=config.colour_correction,
-                                          rate=config.rate, target_bpp=config.target_bpp)
+    servers = _service_servers(compute)
+    codec = _codec_of(compute, servers)
+    rows = read_batch_rows(codec.batch_size)
+    if servers is None:
+        check_resources(compute)
+        stage = _actor_args(compute, rows)
+        stage["fn_constructor_kwargs"].update(model=config.model, colour_correction=config.colour_correction,
+                                              rate=config.rate, target_bpp=config.target_bpp)
+        fn = (EncodeImages,)
+    else:
+        settings = {"codec": codec, "colour_correction": config.colour_correction, "rate": config.rate,
+                    "target_bpp": config.target_bpp}
+        fn, stage = _service_args(compute, servers, "encode", settings, rows, fingerprint=shared["fingerprint"])
     ds = _task_dataset(tasks)
     block_bytes = ray.data.DataContext.get_current().target_max_block_size
     ds = ds.map_batches(read_and_decode, fn_kwargs={"max_pixels": config.max_pixels, "batch_size": codec.batch_size,
                                                     "budgets": codec_groups.budgets(block_bytes)},
-                        num_cpus=compute.io_cpus, compute=_io_pool(compute), batch_format="numpy")
-    ds = ds.map_batches(EncodeImages, **actor)
+                        num_cpus=compute.io_cpus, compute=_io_pool(compute, servers), batch_format="numpy")
+    ds = ds.map_batches(*fn, **stage)
     ds = ds.map_batches(MeteredPartWriter, **_writer_args(shared, tasks))
     yield from _summaries(ds)
 
 
 def stream_decode(tasks: list[PartTask], config: DecodeJobConfig, shared: dict) -> Iterator[dict]:
     compute = config.compute
-    check_resources(compute)
-    actor = _actor_args(compute, max(compute.codec.batch_size, DECODE_BATCH_ROWS))
-    actor["fn_constructor_kwargs"].update(model=shared.get("model"), places=config.model_stores)
+    servers = _service_servers(compute)
+    codec = _codec_of(compute, servers)
+    rows = max(codec.batch_size, DECODE_BATCH_ROWS)
+    if servers is None:
+        check_resources(compute)
+        stage = _actor_args(compute, rows)
+        stage["fn_constructor_kwargs"].update(model=shared.get("model"), places=config.model_stores)
+        fn = (DecodeRecords,)
+    else:
+        settings = {"codec": codec, "model": shared.get("model"), "places": tuple(config.model_stores)}
+        fn, stage = _service_args(compute, servers, "decode", settings, rows)
     ds = _task_dataset(tasks)
-    ds = ds.map_batches(read_archive_rows, num_cpus=compute.io_cpus, compute=_io_pool(compute), batch_format="numpy")
-    ds = ds.map_batches(DecodeRecords, **actor)
+    ds = ds.map_batches(read_archive_rows, num_cpus=compute.io_cpus, compute=_io_pool(compute, servers),
+                        batch_format="numpy")
+    ds = ds.map_batches(*fn, **stage)
     ds = ds.map_batches(write_images, fn_kwargs={"output": config.output, "image_format": config.image_format,
                                                  "quality": config.quality},
-                        num_cpus=compute.io_cpus, compute=_io_pool(compute), batch_format="numpy")
+                        num_cpus=compute.io_cpus, compute=_io_pool(compute, servers), batch_format="numpy")
     ds = ds.map_batches(MeteredPartWriter, **_writer_args(shared, tasks))
     yield from _summaries(ds)
 
@@ -278,6 +344,13 @@ def _archive_rows(batch: dict[str, np.ndarray]) -> pa.Table:
     return archive_table(batch_table(batch))
 
 
+def _own_actors(compute: ComputeConfig) -> ComputeConfig:
+    if compute.service:
+        raise ValueError("encode_dataset and decode_dataset run codec actors of their own: a codec service serves "
+                         "encode-job and decode-job (--codec-service); drop service= from the ComputeConfig")
+    return compute
+
+
 def encode_dataset(ds, *, model, image_column: str = "image", key_column: str = "key",
                    compute: ComputeConfig | None = None, colour_correction: bool = True, max_pixels: int | None = None,
                    rate: int | None = None, target_bpp: float | None = None):
@@ -289,7 +362,7 @@ def encode_dataset(ds, *, model, image_column: str = "image", key_column: str = 
     """
     from sprdiff.images import DEFAULT_MAX_PIXELS
 
-    compute = compute or ComputeConfig()
+    compute = _own_actors(compute or ComputeConfig())
     actor = _actor_args(compute, read_batch_rows(compute.codec.batch_size))
     actor["fn_constructor_kwargs"].update(model=model, colour_correction=colour_correction, rate=rate,
                                           target_bpp=target_bpp)
@@ -322,7 +395,7 @@ def decode_dataset(ds, *, model, record_column: str = "record", key_column: str 
                    compute: ComputeConfig | None = None):
     """A Ray Dataset of records (an archive read with ``ray.data.read_parquet``, say) -> a Ray Dataset of
     ``key``, ``status``, ``error``, ``width``, ``height`` and ``png`` (the decoded image as PNG bytes)."""
-    compute = compute or ComputeConfig()
+    compute = _own_actors(compute or ComputeConfig())
     actor = _actor_args(compute, max(compute.codec.batch_size, DECODE_BATCH_ROWS))
     actor["fn_constructor_kwargs"]["model"] = model
     ds = ds.map_batches(_records, fn_kwargs={"record_column": record_column, "key_column": key_column},

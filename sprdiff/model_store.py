@@ -404,23 +404,23 @@ class ModelCache:
         self.device, self.cache_dir, self.max_models = device, cache_dir, max_models
         self.prepare = prepare
         self._models: OrderedDict[str, SPRDiff] = OrderedDict()
-        self._missing: dict[str, Exception] = {}
+        self._missing: dict[tuple[str, tuple[str, ...]], Exception] = {}  # by fingerprint and places searched
         self.loads = 0  # models loaded so far (a model evicted and needed again loads again)
 
     def get(self, fingerprint: str, extra_places: Sequence[str] = ()) -> SPRDiff:
         if fingerprint in self._models:
             self._models.move_to_end(fingerprint)
             return self._models[fingerprint]
-        if fingerprint in self._missing:
-            raise self._missing[fingerprint]
+        places = (*self.places, *extra_places)
+        if (fingerprint, places) in self._missing:
+            raise self._missing[fingerprint, places]
         try:
-            model = resolve_model(fingerprint, [*self.places, *extra_places], device=self.device,
-                                  cache_dir=self.cache_dir)
+            model = resolve_model(fingerprint, list(places), device=self.device, cache_dir=self.cache_dir)
         except (ModelNotFoundError, ValueError) as e:  # not found, or found changed: same answer next time
-            self._missing[fingerprint] = e
+            self._missing[fingerprint, places] = e  # (a codec server's cache serves jobs with other places)
             raise
         self.loads += 1
-        self._models[fingerprint] = self.prepare(model) if self.prepare else model
+        model = self._models[fingerprint] = self.prepare(model) if self.prepare else model
         while len(self._models) > self.max_models:
             self._models.popitem(last=False)
         return model

@@ -14,6 +14,7 @@ from sprdiff import SPRDiff
 
 REPO = Path(__file__).resolve().parents[2]
 LIGHT = ["pipeline.encode_stages", "pipeline.decode_stages", "pipeline.part_writer", "pipeline.ray_runner",
+         "pipeline.codec_service",  # the codec stage of a job on a codec service runs in tasks
          "pipeline.config", "pipeline.inputs", "sprdiff.model_store"]
 MODEL_STACK = ("torch", "piq", "matplotlib", "torchvision", "diffusers", "compressai")
 
