@@ -1,4 +1,4 @@
-"""The one rule for a golden record's pixels (tests/codec/test_golden.py, test_shipped_goldens.py)."""
+"""The one rule for pixels decoded in another process (the golden records' tests, the codec service's)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 
 
 def assert_same_pixels(name: str, pixels: np.ndarray, expected: np.ndarray) -> None:
-    """``pixels`` as a golden's writer decoded them: max |Δ| ≤ 1 and at least 99 % exact (float kernels
-    may differ in the last bit across CPUs)."""
+    """``pixels`` as another process decoded them (a golden's writer, a codec server): max |Δ| ≤ 1 and at
+    least 99 % exact (float kernels may differ in the last bit across CPUs and thread counts)."""
     assert pixels.shape == expected.shape, name
     difference = np.abs(pixels.astype(np.int16) - expected.astype(np.int16))
     assert difference.max() <= 1, f"{name}: pixels moved by up to {difference.max()} levels"
