@@ -43,6 +43,12 @@ def _connect(args: argparse.Namespace):
     return ray_runner.ray_session(args.address)
 
 
+def _print_servers(heading: str, servers: list[dict]) -> None:
+    print(heading)
+    for server in servers:
+        print(_line(server))
+
+
 def _line(server: dict) -> str:
     calls, up = server["calls"], time.time() - server["started"]
     return (f"  server {server['index']}: model {server['model_id']} {server['fingerprint'][:16]} on "
@@ -61,9 +67,8 @@ def run_start(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         servers = codec_service.start_service(args.name, args.model, args.servers, compute,
                                               env={**ray_runner.MALLOC_ENV, **ray_runner.forwarded_env()})
-        print(f"codec service {args.name!r}: {len(servers)} servers ready in {time.monotonic() - t0:.1f} s")
-        for server in servers:
-            print(_line(server))
+        _print_servers(f"codec service {args.name!r}: {len(servers)} servers ready in {time.monotonic() - t0:.1f} s",
+                       servers)
     return 0
 
 
@@ -79,9 +84,7 @@ def run_status(args: argparse.Namespace) -> int:
         if not servers:
             print(f"no codec service {args.name!r} runs on this cluster")
             return 1
-        print(f"codec service {args.name!r}: {len(servers)} servers")
-        for server in servers:
-            print(_line(server))
+        _print_servers(f"codec service {args.name!r}: {len(servers)} servers", servers)
     return 0
 
 

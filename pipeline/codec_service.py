@@ -49,7 +49,11 @@ CALLS_AT_ONCE = 4  # a server's threads: one codes (under a lock), the others an
 
 
 def server_name(service: str, index: int) -> str:
-    return f"codec-service:{service}:{index}"
+    return f"{_prefix(service)}{index}"
+
+
+def _prefix(service: str) -> str:
+    return f"codec-service:{service}:"
 
 
 def _check_name(service: str) -> None:
@@ -176,7 +180,7 @@ def find_servers(service: str) -> list:
     """The handles of ``service``'s servers, by index (empty if none is running)."""
     import ray
 
-    prefix = server_name(service, 0)[:-1]
+    prefix = _prefix(service)
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
              if a.get("namespace") == NAMESPACE and a["name"].startswith(prefix)]
     names.sort(key=lambda n: int(n.rsplit(":", 1)[1]))
