@@ -54,8 +54,9 @@ def autocast(precision: str, device: torch.device | str) -> Iterator[None]:
 
 def prepare_for_inference(model, *, channels_last: bool | None = None, compile_modules: bool = False):
     """Speed-ups for a codec actor: channels-last convolutions (default: on CUDA) and, behind a flag,
-    ``torch.compile`` of the UNet and the VAE (worth it only for long jobs on a GPU: it compiles for
-    every new input size). The entropy model is left alone: its exact integer path must see the same
+    ``torch.compile`` of the UNet and the VAE decoder (for long jobs of few image sizes: it compiles for
+    every new input size, about 80 s on a 2-core CPU, then runs 1.1-1.2x faster there; docs/performance.md).
+    The entropy model is left alone: its exact integer path must see the same
     tensors everywhere."""
     _ = model.fingerprint_bytes  # computed (and kept) from the plain modules, before any wrapping
     if channels_last is None:
