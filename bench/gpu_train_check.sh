@@ -4,9 +4,10 @@
 # of stage 2 at 512x512 crops in bf16, activation checkpointing off and on: seconds per step,
 # samples/s, peak GPU memory; then a stage-2 checkpoint written, loaded and stepped on
 # (bench/bench_gpu_train.py). docs/training.md turns s/step into the recipe's GPU-hours.
-# Usage: bash bench/gpu_train_check.sh      (from the repository root; sets up .venv if needed)
+# Usage: bash bench/gpu_train_check.sh      (from the repository root; .venv, or on the lent
+#        GPU machine the wheels of scripts/device_wheels.sh carried as .whl/: bench/device_python.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHECK=gpu_train_check source bench/gpu_preflight.sh
-timeout 330 .venv/bin/python bench/bench_gpu_train.py --model sd-turbo --device cuda --crop 512 --batch 1 \
+timeout 330 "$PY" bench/bench_gpu_train.py --model sd-turbo --device cuda --crop 512 --batch 1 \
   --steps 20 --warmup 2 --stages 1,2

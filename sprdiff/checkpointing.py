@@ -69,7 +69,10 @@ def enable(module: nn.Module) -> None:
         if isinstance(sub, ModelMixin) and sub._supports_gradient_checkpointing:
             sub.enable_gradient_checkpointing()  # diffusers: every down/mid/up block
         elif isinstance(sub, PreTrainedModel) and sub.supports_gradient_checkpointing:
-            sub.activation_checkpointing_enable()  # transformers: every layer, in training mode only
+            # transformers: every layer, in training mode only. Releases before the rename call it
+            # gradient_checkpointing_enable (5.17, which the lent GPU machine's image holds: bench/device_python.sh)
+            enable_layers = getattr(sub, "activation_checkpointing_enable", None) or sub.gradient_checkpointing_enable
+            enable_layers()
         elif isinstance(sub, Checkpointable):
             sub.activation_checkpointing = True
 
