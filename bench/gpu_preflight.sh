@@ -11,3 +11,4 @@ source bench/device_python.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -c "import sys; from importlib.metadata import version; print('python', sys.version.split()[0], *(f'{n} {version(n)}' for n in ('torch', 'numpy', 'compressai', 'diffusers', 'transformers', 'peft', 'timm')))"
 export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456
+export PYTHONUNBUFFERED=1  # every row printed before a timeout ends a bench still comes back

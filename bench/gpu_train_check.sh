@@ -9,5 +9,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHECK=gpu_train_check source bench/gpu_preflight.sh
-timeout 330 "$PY" bench/bench_gpu_train.py --model sd-turbo --device cuda --crop 512 --batch 1 \
+timeout "${TRAIN_SECONDS:-330}" "$PY" bench/bench_gpu_train.py --model sd-turbo --device cuda --crop 512 --batch 1 \
   --steps 20 --warmup 2 --stages 1,2

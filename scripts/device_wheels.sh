@@ -9,7 +9,7 @@
 # Only what the GPU checks import is carried (the codec, training's losses): not Ray, s3fs or moto.
 # The versions are pyproject.toml's pins. Run it here, then hand the folder to the device:
 #   bash scripts/device_wheels.sh
-#   device run: command "bash bench/gpu_check.sh; bash bench/gpu_train_check.sh", carry [".whl"]
+#   device run: command "bash bench/device_checks.sh", carry [".whl"], timeout_s 600
 # DEVICE_PYTHON (default 3.12) names that image's Python; WHEELS (default .whl) the folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
