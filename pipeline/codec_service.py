@@ -36,6 +36,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -45,7 +46,7 @@ from pipeline.config import ComputeConfig
 NAMESPACE = "sprdiff"
 STAGES_PER_SERVER = 8  # job settings a server keeps a ready stage for (least recently used goes first)
 PENDING_WAIT_S = 2.0  # a server that cannot say how busy it is in this time (restarting) is not chosen
-CALLS_AT_ONCE = 4  # a server's threads: one codes (under a lock), the others answer ``pending`` meanwhile
+CALLS_AT_ONCE = 4  # a server's Ray threads: they hand batches to its one coder thread and answer ``pending``
 
 
 def server_name(service: str, index: int) -> str:
@@ -65,8 +66,10 @@ class CodecServer:
     """One warm codec server (a Ray actor): the model loaded once, a ready stage per job's settings.
 
     ``encode`` and ``decode`` take the job's batches as the job's own actors would
-    (``EncodeImages``, ``DecodeRecords``). They run one at a time under a lock, while ``pending`` and
-    ``describe`` answer from other threads.
+    (``EncodeImages``, ``DecodeRecords``). Ray runs a threaded actor's calls on whichever of its
+    threads is free, but every stage here is built and run on one coder thread, one batch at a time:
+    coding on another thread at each call cost 25-40 % more CPU per image on a CPU (measured:
+    docs/performance.md). ``pending`` and ``describe`` answer from the other threads meanwhile.
     """
 
     def __init__(self, service: str, index: int, model: str, *, device: str = "cpu", threads: int | None = None,
@@ -83,7 +86,8 @@ class CodecServer:
                      "fingerprint": self.model.fingerprint, "device": self.device, "compile": self.codec.compile,
                      "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         self._stages: OrderedDict[tuple, object] = OrderedDict()
-        self._lock = threading.Lock()
+        self._coder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coder")
+        self._count_lock = threading.Lock()
         self._pending = 0
         self._calls = {"encode": 0, "decode": 0}
 
@@ -123,19 +127,23 @@ class CodecServer:
     def check(self, job: str, settings: dict) -> dict:
         """Build the stage a job needs now, so settings this server cannot run (a precision its device
         lacks, a rate its model lacks) are refused before the job starts; returns ``describe()``."""
-        with self._lock:
-            (self._encoder if job == "encode" else self._decoder)(settings)
+        self._coder.submit(self._encoder if job == "encode" else self._decoder, settings).result()
         return self.describe()
 
     def _run(self, job: str, batch: dict, settings: dict) -> dict:
-        self._pending += 1
+        with self._count_lock:
+            self._pending += 1
         try:
-            with self._lock:
-                stage = (self._encoder if job == "encode" else self._decoder)(settings)
-                self._calls[job] += 1
-                return stage(batch)
+            return self._coder.submit(self._code, job, batch, settings).result()
         finally:
-            self._pending -= 1
+            with self._count_lock:
+                self._pending -= 1
+
+    def _code(self, job: str, batch: dict, settings: dict) -> dict:
+        """On the coder thread: the job's stage (built once per settings) on one batch."""
+        stage = (self._encoder if job == "encode" else self._decoder)(settings)
+        self._calls[job] += 1
+        return stage(batch)
 
     def encode(self, batch: dict, settings: dict) -> dict:
         return self._run("encode", batch, settings)

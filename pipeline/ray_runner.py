@@ -44,8 +44,11 @@ from pipeline.parts import PartTask
 from pipeline.storage import Location
 
 # glibc keeps freeing and re-faulting torch's large buffers with its default thresholds (about 40%
-# slower on CPU, see RAY_NOTES): raised in every worker process.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456"}
+# slower on CPU, see RAY_NOTES): raised in every worker process. And one arena: a thread other than
+# the main one (a codec server's coder thread) otherwise gets an arena of its own, whose heaps glibc
+# trims and faults in again whatever the thresholds say: 3,000-21,000 page faults per image against
+# about 100 on the main thread (bench/bench_actor_threads.py, docs/performance.md).
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456", "MALLOC_ARENA_MAX": "1"}
 # Passed to a remote cluster's workers. Never credentials: the cluster's own environment (instance
 # roles, pod secrets) provides those, and runtime_env values are visible in Ray's job metadata.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
