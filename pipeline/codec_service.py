@@ -67,9 +67,10 @@ class CodecServer:
 
     ``encode`` and ``decode`` take the job's batches as the job's own actors would
     (``EncodeImages``, ``DecodeRecords``). Ray runs a threaded actor's calls on whichever of its
-    threads is free, but every stage here is built and run on one coder thread, one batch at a time:
-    coding on another thread at each call cost 25-40 % more CPU per image on a CPU (measured:
-    docs/performance.md). ``pending`` and ``describe`` answer from the other threads meanwhile.
+    threads is free, but every stage here is built and run on one coder thread, one batch at a time,
+    so the coding always uses the same thread's memory (with ``MALLOC_ARENA_MAX=1`` from
+    ``ray_runner.MALLOC_ENV``, as few page faults per image as the main thread: docs/performance.md).
+    ``pending`` and ``describe`` answer from the other threads meanwhile.
     """
 
     def __init__(self, service: str, index: int, model: str, *, device: str = "cpu", threads: int | None = None,
