@@ -74,12 +74,12 @@ def check_rate_choice(config: EncodeJobConfig) -> None:
     with ``sprdiff.rates``' messages (they name the model's rates): before any listing or Ray work."""
     if config.rate is None and config.target_bpp is None:
         return
-    from sprdiff import rates
-    from sprdiff.loading import read_config
+    from sprdiff import rate_choice
+    from sprdiff.presets import read_config
 
     model = read_config(config.model)
-    rates.check_rate(model, config.rate)
-    rates.check_target_bpp(model, config.target_bpp)
+    rate_choice.check_rate(model, config.rate)
+    rate_choice.check_target_bpp(model, config.target_bpp)
 
 
 def open_plan(config: EncodeJobConfig, *, lister: Lister | None = None,

@@ -162,13 +162,13 @@ class EncodeImages:
         ``colour_correction``: see ``SPRDiff.compress``; ``rate`` or ``target_bpp``: the model's rate
         point, or a budget in bits per pixel that picks one per image (``sprdiff.rates``); ``codec``:
         precision, tiling, compile."""
-        from sprdiff import rates
+        from sprdiff import rate_choice
         from sprdiff.encoder import EncodeSettings
 
         self.codec = codec or CodecRuntime()
         self.model = self.codec.load(model, device=device, threads=threads)
-        rates.check_rate(self.model.config, rate)  # the job's driver checked these already (check_rate_choice)
-        rates.check_target_bpp(self.model.config, target_bpp)
+        rate_choice.check_rate(self.model.config, rate)  # the job's driver checked these already (check_rate_choice)
+        rate_choice.check_target_bpp(self.model.config, target_bpp)
         self.model_id = self.model.model_id
         self.fingerprint = self.model.fingerprint
         self.settings = EncodeSettings(side_information=colour_correction,
@@ -180,7 +180,7 @@ class EncodeImages:
         return self.model.encode(images, dataclasses.replace(self.settings, batch_size=len(images)))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from sprdiff.rates import budget_warning
+        from sprdiff.rate_choice import budget_warning
 
         n = len(batch["key"])
         records = np.full(n, b"", dtype=object)

@@ -79,7 +79,7 @@ def add_rate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def rate_settings(args: argparse.Namespace, config) -> dict:
     """``rate`` and ``target_bpp`` for compress, checked against the model before any image is read."""
-    from sprdiff.rates import check_rate, check_target_bpp
+    from sprdiff.rate_choice import check_rate, check_target_bpp
 
     if args.target_bpp is not None:
         return {"rate": None, "target_bpp": check_target_bpp(config, args.target_bpp)}
@@ -143,9 +143,13 @@ def _each(items: list[str], work: Callable[[str, str], str], stems: list[str]) -
 
 
 def run_encode(args: argparse.Namespace) -> int:
-    from sprdiff.rates import budget_warning
+    from sprdiff.rate_choice import budget_warning
 
     stems = _unique_stems(args.images)
+    if args.rate is not None or args.target_bpp is not None:
+        from sprdiff.presets import read_config
+
+        rate_settings(args, read_config(args.model))  # refused from the config, before the model is built
     model = _load_model(args)
     runtime = runtime_settings(args, model.device)
     rate = rate_settings(args, model.config)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sprdiff import bitstream, rates, side_channels, tiling
+from sprdiff import bitstream, rate_choice, side_channels, tiling
 from sprdiff.bitstream import Record, RecordHeader
 from sprdiff.images import padded_size
 from sprdiff.precision import PRECISIONS, autocast, check_precision
@@ -113,8 +113,8 @@ def encode(model, images: Sequence[np.ndarray], settings: EncodeSettings | None 
     """(H, W, 3) uint8 arrays of any sizes -> one :class:`~sprdiff.bitstream.Record` each, in order."""
     settings = settings or EncodeSettings()
     check_precision(settings.precision, model.device)
-    rate = rates.check_rate(model.config, settings.rate)
-    target_bpp = rates.check_target_bpp(model.config, settings.target_bpp)
+    rate = rate_choice.check_rate(model.config, settings.rate)
+    target_bpp = rate_choice.check_target_bpp(model.config, settings.target_bpp)
     for image in images:
         check_image_array(image)
     multiple = model.config.pad_multiple
@@ -127,7 +127,8 @@ def encode(model, images: Sequence[np.ndarray], settings: EncodeSettings | None 
         del x  # a whole-image float buffer: not held through synthesis and the fits (peak memory of large photos)
         headers = [RecordHeader(width=images[i].shape[1], height=images[i].shape[0], timestep=model.config.timestep,
                                 rate_id=rate, fingerprint_tag=0) for i in chunk]
-        budgets = [None if target_bpp is None else rates.budget_bytes(target_bpp, h.width, h.height) for h in headers]
+        budgets = [None if target_bpp is None else rate_choice.budget_bytes(target_bpp, h.width, h.height)
+                   for h in headers]
         coded: list[tuple[bytes, torch.Tensor]] = []  # (string, y_hat) each
         for j, budget in enumerate(budgets):
             if budget is None:

@@ -67,22 +67,6 @@ def build(model_class: type[SPRDiff], config: SPRDiffConfig, *, use_sources: boo
 MAX_POINTER_HOPS = 4
 
 
-def read_config(name_or_uri: str) -> SPRDiffConfig:
-    """The config of the model ``name_or_uri`` names, read without building it where it can be: a
-    preset's, or a saved directory's ``config.json`` (shipped, local or URI). Anything else (a model
-    pointer) is loaded, and anything that is no model fails as loading it would."""
-    if name_or_uri in PRESETS:
-        return PRESETS[name_or_uri]()
-    location = str(SHIPPED_MODELS[name_or_uri]) if name_or_uri in SHIPPED_MODELS else name_or_uri
-    try:
-        with fsspec.open(f"{location.rstrip('/')}/{CONFIG_NAME}", "rt", encoding="utf-8") as f:
-            return SPRDiffConfig.from_json(f.read())
-    except (OSError, ValueError):
-        from sprdiff.model import SPRDiff
-
-        return from_pretrained(SPRDiff, name_or_uri).config
-
-
 def from_pretrained(model_class: type[SPRDiff], name_or_uri: str, *, cache_dir: Path | None = None,
                     device: str | torch.device = "cpu", _hops: int = 0) -> SPRDiff:
     """A preset name (``tiny``, ``sd-turbo``), a local directory, or a URI (``s3://...``); a model

@@ -16,7 +16,7 @@ from compressai.layers import ResidualBlock, subpel_conv3x3
 from diffusers import DDPMScheduler
 from torch import nn
 
-from sprdiff import checkpointing, decoder, encoder, loading, rates, tiling
+from sprdiff import checkpointing, decoder, encoder, loading, rate_choice, rates, tiling
 from sprdiff.bitstream import Record, RecordHeader
 from sprdiff.checkpointing import Checkpointable, CheckpointedSequential, maybe_checkpoint
 from sprdiff.config import SPRDiffConfig
@@ -199,7 +199,7 @@ class SPRDiff(Checkpointable, nn.Module):
     @property
     def rate_ids(self) -> tuple[int, ...]:
         """The rate ids this model codes at (records of every one decode with it)."""
-        return rates.rate_ids(self.config)
+        return rate_choice.rate_ids(self.config)
 
     def scale_latent(self, y: torch.Tensor, rate: int | torch.Tensor) -> torch.Tensor:
         """Y -> what the entropy model codes at ``rate`` (an int, or one per sample)."""
@@ -211,7 +211,7 @@ class SPRDiff(Checkpointable, nn.Module):
 
     def coding_rate(self, rate: int | None) -> int | None:
         """The rate the entropy model is told: None for one-rate models (they have no side offsets)."""
-        return rates.check_rate(self.config, rate) if self.config.rates > 1 else None
+        return rate_choice.check_rate(self.config, rate) if self.config.rates > 1 else None
 
     def forward(self, x: torch.Tensor, rate: int | torch.Tensor | None = None) -> dict:
         """Training pass: ``{"x_hat", "x_bar", "likelihoods": {"y", "z"}, "y_hat"}``. ``rate``: the
@@ -235,7 +235,7 @@ class SPRDiff(Checkpointable, nn.Module):
     def encode_image(self, image: np.ndarray, rate: int | None = None) -> EncodedImage:
         """One image's latent code at ``rate`` (default: the model's), before it becomes a record;
         ``y_hat`` is what synthesis takes."""
-        rate = rates.check_rate(self.config, rate)
+        rate = rate_choice.check_rate(self.config, rate)
         y = self.scale_latent(self.analysis(self.pad(image)), rate)
         string, y_hat = self.entropy.compress(y, self.coding_rate(rate))
         return EncodedImage(string=string, y_hat=self.unscale_latent(y_hat, rate), width=image.shape[1],

@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sprdiff.config import SPRDiffConfig
+import fsspec
+
+from sprdiff.config import CONFIG_NAME, SPRDiffConfig
 
 _HERE = Path(__file__).parent / "preset_configs"
 
@@ -134,3 +136,20 @@ SHIPPED_MODELS = {"demo": Path(__file__).parent / "pretrained" / "demo",
 RETRAIN_HINT = {"demo": "bash jobs/configs/demo.sh",
                 "demo-2026-12-07": "bash jobs/configs/demo.sh with 1200 steps in demo_stage2_rates.json",
                 "demo-2026-12-03": "bash jobs/configs/demo.sh (its ninth stage-2 run, stage2-haarpsi-rate12)"}
+
+
+def read_config(name_or_uri: str) -> SPRDiffConfig:
+    """The config of the model ``name_or_uri`` names, read without building it where it can be: a
+    preset's, or a saved directory's ``config.json`` (shipped, local or URI). Anything else (a model
+    pointer) is loaded, and anything that is no model fails as loading it would. Imports no torch
+    for presets and saved directories."""
+    if name_or_uri in PRESETS:
+        return PRESETS[name_or_uri]()
+    location = str(SHIPPED_MODELS[name_or_uri]) if name_or_uri in SHIPPED_MODELS else name_or_uri
+    try:
+        with fsspec.open(f"{location.rstrip('/')}/{CONFIG_NAME}", "rt", encoding="utf-8") as f:
+            return SPRDiffConfig.from_json(f.read())
+    except (OSError, ValueError):
+        from sprdiff.model import SPRDiff  # the model stack, only for what is no saved directory
+
+        return SPRDiff.from_pretrained(name_or_uri).config

@@ -20,7 +20,7 @@ from sprdiff.evaluation.inputs import ImageSource
 from sprdiff.evaluation.metrics import bits_per_pixel
 from sprdiff.evaluation.suite import METRICS, MetricSuite
 from sprdiff.images import DEFAULT_MAX_PIXELS, load_image
-from sprdiff.rates import check_rate, describe
+from sprdiff.rate_choice import check_rate, describe
 
 OURS = "sprdiff"
 COLUMNS = ["key", "source", "method", "rate_id", "status", "error", "width", "height", "num_bytes", "budget_bytes",

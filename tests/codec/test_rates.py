@@ -14,7 +14,8 @@ from sprdiff import SPRDiff, bitstream
 from sprdiff.bitstream import BitstreamError
 from sprdiff.config import SPRDiffConfig
 from sprdiff.encoder import EncodeSettings, code_latent
-from sprdiff.rates import add_rate_points, budget_bytes
+from sprdiff.rate_choice import budget_bytes
+from sprdiff.rates import add_rate_points
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ from pipeline.lookup import find
 from pipeline.verify import format_report, verify_archive
 from sprdiff import SPRDiff
 from sprdiff.bitstream import read_header
-from sprdiff.rates import add_rate_points, budget_bytes
+from sprdiff.rate_choice import budget_bytes
+from sprdiff.rates import add_rate_points
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ENCODE_JOB = ["--rows-per-part", "2", "--no-colour-correction", "--actors", "1", "--threads-per-actor", "1"]

@@ -47,3 +47,24 @@ def test_a_job_driver_names_a_saved_model_without_torch():
                                  "print(directory_fingerprint(SHIPPED_MODELS['demo']))")
     assert loaded == "", f"hashing a saved model loads {loaded}"
     assert printed == SPRDiff.from_pretrained("demo").fingerprint
+
+
+@pytest.mark.parametrize("rate, target_bpp, refusal", [
+    (3, None, "has no rate 3: it codes at rates 0, 1, 2"),
+    (None, -0.02, "positive number of bits per pixel, got -0.02"),
+    (2, None, None),
+])
+def test_a_jobs_rate_or_budget_is_checked_without_the_model_stack(rate, target_bpp, refusal):
+    """A job's driver checks ``--rate`` / ``--target-bpp`` against the model's config before listing
+    anything (so does ``sprdiff encode``, before building the model): in a fraction of a second, with
+    no torch (it took 5-7 s of imports when the check went through sprdiff.loading)."""
+    loaded, printed = _loaded_by(
+        "from pipeline.config import EncodeJobConfig; from pipeline.encode_job import check_rate_choice\n"
+        "try:\n"
+        f"    check_rate_choice(EncodeJobConfig(input='in', output='out', model='demo', rate={rate!r}, "
+        f"target_bpp={target_bpp!r})); print('accepted')\n"
+        "except ValueError as e:\n"
+        "    print(e)\n"
+        "checked = True")  # _loaded_by appends its own statements to this last line
+    assert loaded == "", f"checking a rate loads {loaded}"
+    assert (refusal in printed) if refusal else printed == "accepted", printed
