@@ -29,7 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456", "OMP_NUM_THREADS": "1"}
+from pipeline.ray_runner import MALLOC_ENV as JOB_MALLOC_ENV
+
+# The jobs' malloc thresholds; the arena count is what this bench varies (--arena-max), glibc's by default.
+MALLOC_ENV = {**{k: v for k, v in JOB_MALLOC_ENV.items() if k != "MALLOC_ARENA_MAX"}, "OMP_NUM_THREADS": "1"}
 
 
 class Coder:

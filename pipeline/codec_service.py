@@ -125,10 +125,13 @@ class CodecServer:
         return self._stage(key, lambda: DecodeRecords(settings["model"], places=tuple(settings["places"]),
                                                       device=self.device, codec=codec, models=self.models))
 
+    def _job_stage(self, job: str, settings: dict):
+        return (self._encoder if job == "encode" else self._decoder)(settings)
+
     def check(self, job: str, settings: dict) -> dict:
         """Build the stage a job needs now, so settings this server cannot run (a precision its device
         lacks, a rate its model lacks) are refused before the job starts; returns ``describe()``."""
-        self._coder.submit(self._encoder if job == "encode" else self._decoder, settings).result()
+        self._coder.submit(self._job_stage, job, settings).result()
         return self.describe()
 
     def _run(self, job: str, batch: dict, settings: dict) -> dict:
@@ -142,7 +145,7 @@ class CodecServer:
 
     def _code(self, job: str, batch: dict, settings: dict) -> dict:
         """On the coder thread: the job's stage (built once per settings) on one batch."""
-        stage = (self._encoder if job == "encode" else self._decoder)(settings)
+        stage = self._job_stage(job, settings)
         self._calls[job] += 1
         return stage(batch)
 

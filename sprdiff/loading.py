@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from sprdiff import components, storage, weight_layout
 from sprdiff.config import CONFIG_NAME, WEIGHTS_NAME, SPRDiffConfig
 from sprdiff.entropy import TABLE_BUFFERS
-from sprdiff.model_pointer import read_pointer
+from sprdiff.model_pointer import MAX_POINTER_HOPS, read_pointer
 from sprdiff.presets import PRESETS, RETRAIN_HINT, SHIPPED_MODELS
 
 if TYPE_CHECKING:
@@ -62,9 +62,6 @@ def build(model_class: type[SPRDiff], config: SPRDiffConfig, *, use_sources: boo
     model.entropy.update()
     model.freeze_pretrained()
     return model.eval()
-
-
-MAX_POINTER_HOPS = 4
 
 
 def from_pretrained(model_class: type[SPRDiff], name_or_uri: str, *, cache_dir: Path | None = None,

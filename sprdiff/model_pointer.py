@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import fsspec
 
 POINTER_NAME = "pointer.json"
+MAX_POINTER_HOPS = 4  # pointers followed in a row before a chain is refused as a cycle
 
 
 @dataclass(frozen=True)

@@ -138,11 +138,11 @@ RETRAIN_HINT = {"demo": "bash jobs/configs/demo.sh",
                 "demo-2026-12-03": "bash jobs/configs/demo.sh (its ninth stage-2 run, stage2-haarpsi-rate12)"}
 
 
-def read_config(name_or_uri: str) -> SPRDiffConfig:
-    """The config of the model ``name_or_uri`` names, read without building it where it can be: a
-    preset's, or a saved directory's ``config.json`` (shipped, local or URI). Anything else (a model
-    pointer) is loaded, and anything that is no model fails as loading it would. Imports no torch
-    for presets and saved directories."""
+def read_config(name_or_uri: str, _hops: int = 0) -> SPRDiffConfig:
+    """The config of the model ``name_or_uri`` names, read without building it: a preset's, or a saved
+    directory's ``config.json`` (shipped, local or URI), model pointers followed (their fingerprint is
+    checked when the model itself is loaded). Imports no torch; only a name that is none of these is
+    loaded, to fail with the message loading gives."""
     if name_or_uri in PRESETS:
         return PRESETS[name_or_uri]()
     location = str(SHIPPED_MODELS[name_or_uri]) if name_or_uri in SHIPPED_MODELS else name_or_uri
@@ -150,6 +150,14 @@ def read_config(name_or_uri: str) -> SPRDiffConfig:
         with fsspec.open(f"{location.rstrip('/')}/{CONFIG_NAME}", "rt", encoding="utf-8") as f:
             return SPRDiffConfig.from_json(f.read())
     except (OSError, ValueError):
-        from sprdiff.model import SPRDiff  # the model stack, only for what is no saved directory
+        pass
+    from sprdiff import storage
+    from sprdiff.model_pointer import MAX_POINTER_HOPS, read_pointer
 
-        return SPRDiff.from_pretrained(name_or_uri).config
+    if _hops < MAX_POINTER_HOPS and (storage.local_path(location) or storage.is_remote_uri(location)):
+        pointer = read_pointer(location)
+        if pointer is not None:
+            return read_config(pointer.target, _hops + 1)
+    from sprdiff.model import SPRDiff  # no model here: loading it raises the error a user sees
+
+    return SPRDiff.from_pretrained(name_or_uri).config

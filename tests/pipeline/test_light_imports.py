@@ -68,3 +68,17 @@ def test_a_jobs_rate_or_budget_is_checked_without_the_model_stack(rate, target_b
         "checked = True")  # _loaded_by appends its own statements to this last line
     assert loaded == "", f"checking a rate loads {loaded}"
     assert (refusal in printed) if refusal else printed == "accepted", printed
+
+
+def test_a_rate_is_checked_through_a_model_pointer_without_the_model_stack(tmp_path):
+    """A pointer is followed to its directory's config.json, not loaded (it used to load the model
+    once for the check and once more to code)."""
+    from sprdiff.model_pointer import write_pointer
+    from sprdiff.presets import SHIPPED_MODELS
+
+    pointer = tmp_path / "current"
+    write_pointer(str(pointer), str(SHIPPED_MODELS["demo"]), SPRDiff.from_pretrained("demo").fingerprint)
+    loaded, printed = _loaded_by("from sprdiff.presets import read_config; from sprdiff.rate_choice import describe; "
+                                 f"print(describe(read_config({str(pointer)!r})))")
+    assert loaded == "", f"reading a config through a pointer loads {loaded}"
+    assert printed == "rates 0, 1, 2"
